@@ -1,0 +1,69 @@
+# sidewatch: `make demo` and `make test` are the two commands a new user runs.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/sidewatch/sidewatch/internal/version.Version=$(VERSION)
+CONTROLLER_GEN := $(GO) tool controller-gen
+# The whole suite must stay under 20 minutes once caches are warm.
+TEST_TIMEOUT ?= 25m
+
+.PHONY: all
+all: build
+
+##@ Main
+
+.PHONY: demo
+demo: control-plane ## Run the demo on an embedded local control plane (Ctrl-C stops it).
+	$(GO) run ./hack/demo
+
+.PHONY: test
+test: control-plane lint verify-generated ## Run every test, building the control plane binaries if the cache is empty.
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+##@ Build
+
+.PHONY: build
+build: ## Build the operator, the agent and the CLI into bin/.
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/manager .
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sidewatch ./cmd/sidewatch
+
+.PHONY: control-plane
+control-plane: ## Build kube-apiserver, etcd and kubectl once into the cache (~/.cache/sidewatch).
+	@hack/control-plane.sh >/dev/null
+
+##@ Generate
+
+.PHONY: generate
+generate: manifests ## Generate deepcopy code, CRDs and RBAC.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: manifests
+manifests: ## Generate the sidewatch CRDs into config/crd/bases.
+	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
+
+.PHONY: kubevirt-crds
+kubevirt-crds: ## Regenerate the KubeVirt VMI and VMIM CRDs used by tests and the demo.
+	tmp="$$(mktemp -d)"; \
+	  $(CONTROLLER_GEN) crd:allowDangerousTypes=true,maxDescLen=0 paths=kubevirt.io/api/core/v1 output:crd:dir="$$tmp" >/dev/null 2>&1 || true; \
+	  $(GO) run ./hack/kubevirt-crds "$$tmp" config/crd/external; rm -rf "$$tmp"
+
+.PHONY: verify-generated
+verify-generated: ## Fail when generated code or CRDs are stale.
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	  $(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config="$$tmp/crd"; \
+	  $(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/... output:object:dir="$$tmp/object"; \
+	  diff -r "$$tmp/crd" config/crd/bases || { echo "config/crd/bases is stale: run make generate"; exit 1; }; \
+	  diff "$$tmp/object/zz_generated.deepcopy.go" api/v1alpha1/zz_generated.deepcopy.go || { echo "deepcopy is stale: run make generate"; exit 1; }
+
+##@ Check
+
+.PHONY: lint
+lint: ## gofmt and go vet.
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: help
+help: ## Show targets.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
