@@ -247,6 +247,16 @@ type Collector interface {
 	Close() error
 }
 
+// VMIKey names a VMI for VMISource.
+type VMIKey struct{ Namespace, Name string }
+
+// VMISource is implemented by collectors fed per VMI rather than per
+// thread (the replay of a recorded trace): the agent then gives them the
+// VMIs it watches instead of vCPU threads.
+type VMISource interface {
+	SetVMIs(vmis []VMIKey) error
+}
+
 // Options are given to a collector's factory.
 type Options struct {
 	Log logr.Logger
