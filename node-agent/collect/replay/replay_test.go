@@ -47,8 +47,16 @@ type sink struct {
 	samples  []collect.Sample
 }
 
-func (s *sink) Reading(r *collect.Reading)                         { s.mu.Lock(); s.readings = append(s.readings, *r); s.mu.Unlock() }
-func (s *sink) Sample(x *collect.Sample)                           { s.mu.Lock(); s.samples = append(s.samples, *x); s.mu.Unlock() }
+func (s *sink) Reading(r *collect.Reading) {
+	s.mu.Lock()
+	s.readings = append(s.readings, *r)
+	s.mu.Unlock()
+}
+func (s *sink) Sample(x *collect.Sample) {
+	s.mu.Lock()
+	s.samples = append(s.samples, *x)
+	s.mu.Unlock()
+}
 func (s *sink) Branches(collect.StreamID, int64, []collect.Branch) {}
 func (s *sink) Lost(collect.StreamID, uint64)                      {}
 
