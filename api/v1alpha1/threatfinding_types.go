@@ -228,7 +228,8 @@ type FindingPhase string
 const (
 	// PhaseDetected: recorded; the response has not started (or waits).
 	PhaseDetected FindingPhase = "Detected"
-	// PhaseMitigating: a migration of the victim is in flight.
+	// PhaseMitigating: a migration of the victim is in flight, or a failed
+	// one waits for its retry (status.migration.nextAttemptTime).
 	PhaseMitigating FindingPhase = "Mitigating"
 	// PhaseMitigated: the victim left the affected node, or the policy only
 	// alerts and the alert was raised.
