@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,8 @@ var (
 )
 
 const poolLabel = "fakevirt-test/pool"
+
+var runs atomic.Int64
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -88,7 +91,8 @@ type pool struct {
 
 func newPool(t *testing.T, nodes ...string) *pool {
 	t.Helper()
-	name := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	// A run counter keeps names unique under -count=N.
+	name := fmt.Sprintf("%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), runs.Add(1))
 	p := &pool{t: t, ns: name, name: name}
 	ctx := context.Background()
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
