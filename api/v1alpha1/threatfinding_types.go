@@ -281,6 +281,11 @@ type MigrationStatus struct {
 	// nextAttemptTime is when a failed migration will be tried again.
 	// +optional
 	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
+	// lastFailure says why the last failed attempt failed, as KubeVirt or
+	// the API server reported it.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	LastFailure string `json:"lastFailure,omitempty"`
 }
 
 // EvidenceSnapshotRef points at the compressed evidence snapshot the finding
