@@ -2,7 +2,6 @@ package record_test
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -79,26 +78,21 @@ func TestRenameStandIns(t *testing.T) {
 	}
 }
 
+// The format's reader (node-agent/trace) owns the parsing and its fuzzing;
+// the adapter must pass its located errors through and add the per-vCPU
+// time-order check.
 func TestReaderErrors(t *testing.T) {
 	const head = "# sidewatch-trace: v1\ntime_ns,node,namespace,vmi,vcpu,event,value\n"
 	tests := []struct {
 		name, in, want string
 	}{
-		{"not a trace", "time_ns,node\n", "line 1: want"},
-		{"no header", "# sidewatch-trace: v1\n# a: b\n", "before the header"},
-		{"bad header", "# sidewatch-trace: v1\ntime,node\n", "line 2: want the header"},
-		{"bad metadata", "# sidewatch-trace: v1\n# novalue\n", "line 2: metadata"},
-		{"few fields", head + "1,n,ns,v,0,llc_misses\n", "line 3: want 7"},
-		{"many fields", head + "1,n,ns,v,0,llc_misses,1,2\n", "line 3: want 7"},
-		{"bad time", head + "x,n,ns,v,0,llc_misses,1\n", "line 3: time_ns"},
-		{"negative time", head + "-1,n,ns,v,0,llc_misses,1\n", "line 3: time_ns"},
-		{"empty vmi", head + "1,n,ns,,0,llc_misses,1\n", "line 3: vmi is empty"},
-		{"bad vcpu", head + "1,n,ns,v,-2,llc_misses,1\n", "line 3: vcpu"},
-		{"unknown event", head + "1,n,ns,v,0,task_clock,1\n", "line 3: unknown event"},
-		{"negative count", head + "1,n,ns,v,0,llc_misses,-1\n", "line 3: counter value"},
-		{"decimal sample", head + "1,n,ns,v,0,sample.llc_misses,1234\n", "line 3: sample value"},
-		{"bad hex", head + "1,n,ns,v,0,sample.llc_misses,0xzz\n", "line 3: sample value"},
-		{"back in time", head + "5,n,ns,v,0,llc_misses,1\n4,n,ns,v,0,llc_misses,1\n", "line 4: time 4 goes back"},
+		{"not a trace", "time_ns,node\n", "line 1: "},
+		{"bad header", "# sidewatch-trace: v1\ntime,node\n", "line 2: "},
+		{"few fields", head + "1,n,ns,v,0,llc_misses\n", "line 3: "},
+		{"unknown event", head + "1,n,ns,v,0,task_clock,1\n", "line 3: "},
+		{"decimal sample", head + "1,n,ns,v,0,sample.llc_misses,1234\n", "line 3: "},
+		{"back in time", head + "5,n,ns,v,0,llc_misses,1\n4,n,ns,v,0,llc_misses,1\n", "line 4: "},
+		{"late error after good rows", head + "5,n,ns,v,0,llc_misses,1\n6,n,ns,v,0,llc_misses,x\n", "line 4: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -106,8 +100,8 @@ func TestReaderErrors(t *testing.T) {
 			for err == nil {
 				_, err = r.Next()
 			}
-			if err == io.EOF || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("err = %v, want %q", err, tt.want)
+			if err == io.EOF || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to start with %q", err, tt.want)
 			}
 		})
 	}
@@ -118,27 +112,7 @@ func TestReaderErrors(t *testing.T) {
 			t.Fatalf("interleaved vcpus: %v", err)
 		}
 	}
-}
-
-func FuzzReader(f *testing.F) {
-	f.Add("# sidewatch-trace: v1\ntime_ns,node,namespace,vmi,vcpu,event,value\n1,n,ns,v,0,llc_misses,1\n2,n,ns,v,0,sample.bus_locks,0xff\n")
-	f.Add("# sidewatch-trace: v1\n# k: v\ntime_ns,node,namespace,vmi,vcpu,event,value\n")
-	f.Fuzz(func(t *testing.T, in string) {
-		r, err := record.NewReader(strings.NewReader(in))
-		if err != nil {
-			return
-		}
-		for i := 0; i < 10000; i++ {
-			row, err := r.Next()
-			if err != nil {
-				if err != io.EOF && !errors.Is(err, record.ErrTrace) && !strings.HasPrefix(err.Error(), "line ") {
-					t.Fatalf("error without a line number: %v", err)
-				}
-				return
-			}
-			if !record.IsCounterEvent(row.Event) || row.TimeNS < 0 {
-				t.Fatalf("accepted %+v", row)
-			}
-		}
-	})
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
 }

@@ -33,7 +33,8 @@ func init() {
 type Options struct {
 	// Path of the trace file.
 	Path string
-	// Speed multiplies the pace (default 1: real time).
+	// Speed multiplies the pace of delivery (default 1: real time); the
+	// rows' times keep the trace's spacing.
 	Speed float64
 	// Loop starts over at the end of the file, continuing in time.
 	Loop bool
@@ -219,10 +220,12 @@ func (c *Collector) playOnce(ctx context.Context, sink collect.Sink, wallStart t
 				base = *offset
 			}
 		}
-		at := base + int64(float64(row.TimeNS-t0)/c.opts.Speed)
+		// Times keep the trace's spacing (periods and rates stay what they
+		// were); Speed only changes how fast rows are delivered.
+		at := base + (row.TimeNS - t0)
 		lastReplayTime = at
-		// Pace: wait until the row's replay time.
-		if wait := time.Duration(at - c.opts.Now().UnixNano()); wait > 0 {
+		due := wallStart.UnixNano() + int64(float64(at-wallStart.UnixNano())/c.opts.Speed)
+		if wait := time.Duration(due - c.opts.Now().UnixNano()); wait > 0 {
 			flush()
 			if err := c.opts.Sleep(ctx, wait); err != nil {
 				return lastReplayTime, err
