@@ -4,6 +4,7 @@ package perf_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
 	"strings"
@@ -128,9 +129,11 @@ func TestSoftwareEventsOnAThread(t *testing.T) {
 		t.Fatalf("after SetThreads: %+v, want 1 thread, 4 fds in 1 group", st)
 	}
 	var s sink
+	cpu0 := threadCPU(t, tid)
 	stop := start(t, c, &s)
 	time.Sleep(600 * time.Millisecond)
 	stop()
+	cpuDelta := threadCPU(t, tid) - cpu0
 
 	readings, samples := s.snapshot()
 	if len(readings) < 5 {
@@ -153,12 +156,15 @@ func TestSoftwareEventsOnAThread(t *testing.T) {
 			t.Errorf("task_clock %d ns in an interval of %d ns", r.Values[0], r.Duration)
 		}
 	}
-	// The thread spins: it ran a good part of the time on a 2-core machine.
-	if cpuNS < uint64(100*time.Millisecond) {
-		t.Errorf("task_clock total %v for a spinning thread, want >100ms", time.Duration(cpuNS))
+	// task_clock is the thread's CPU time: it agrees with the scheduler's
+	// own account (/proc/<pid>/task/<tid>/schedstat) over the same span,
+	// less the part before the first reading (the baseline).
+	if cpuNS == 0 || cpuNS > cpuDelta+uint64(5*time.Millisecond) || cpuNS < cpuDelta/2 {
+		t.Errorf("task_clock total %v, scheduler says the thread ran %v", time.Duration(cpuNS), time.Duration(cpuDelta))
 	}
-	if len(samples) < 50 {
-		t.Fatalf("%d samples, want at least 50 (one per ms of CPU)", len(samples))
+	// One sample per ms of CPU time.
+	if want := int(cpuNS/uint64(time.Millisecond)) / 2; len(samples) < want || len(samples) == 0 {
+		t.Fatalf("%d samples for %v of CPU, want at least %d", len(samples), time.Duration(cpuNS), want)
 	}
 	for i, x := range samples {
 		if int(x.TID) != tid || x.Event != "task_clock" || x.IP == 0 {
@@ -179,6 +185,20 @@ func TestSoftwareEventsOnAThread(t *testing.T) {
 	if st := c.Stats(); st.Samples != uint64(len(samples)) || st.Lost != 0 {
 		t.Errorf("stats %+v, delivered %d samples", st, len(samples))
 	}
+}
+
+// threadCPU is the time a thread ran, from the scheduler.
+func threadCPU(t *testing.T, tid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ns uint64
+	if _, err := fmt.Sscan(string(b), &ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
 
 func hasPMU() bool {
