@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -128,6 +129,8 @@ type Agent struct {
 	lastNoEvents  string
 	feed          feeder
 	attrQueue     chan attributionJob
+
+	lastDrain atomic.Int64
 
 	mu    sync.Mutex
 	stats report.AgentStats
@@ -436,6 +439,7 @@ func (a *Agent) setThreads(targets []discovery.Target, vmis []discovery.VMI, unr
 func (a *Agent) drain() {
 	a.buffers.Drain(&a.feed)
 	now := a.clock.Now()
+	a.lastDrain.Store(now.UnixNano())
 	if a.detector != nil {
 		a.handle(a.detector.Advance(now.UnixNano()))
 	}
@@ -552,6 +556,19 @@ func (a *Agent) unavailableSignals() []string {
 		out = out[:32]
 	}
 	return out
+}
+
+// Healthy reports an error when the loop has not drained the buffers for a
+// while (stuck on something): the liveness probe restarts the agent then.
+func (a *Agent) Healthy() error {
+	last := a.lastDrain.Load()
+	if last == 0 {
+		return nil // starting
+	}
+	if age := a.clock.Since(time.Unix(0, last)); age > 30*time.Second+100*a.opts.DrainInterval {
+		return fmt.Errorf("the agent loop last ran %v ago", age.Round(time.Second))
+	}
+	return nil
 }
 
 // Stats is a snapshot for the metrics endpoint.

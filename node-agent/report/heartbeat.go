@@ -102,17 +102,21 @@ func (h *Heartbeat) fill(l *coordinationv1.Lease, caps string, now metav1.MicroT
 
 // Run renews the Lease every Period with what caps returns, until ctx
 // ends. A failed renewal is retried at the next period (a third of the
-// duration, so two failures in a row still keep the heartbeat fresh);
-// failures are counted in failures.
-func (h *Heartbeat) Run(ctx context.Context, caps func() v1alpha1.NodeCapabilities, failures func(error)) {
+// duration, so two failures in a row still keep the heartbeat fresh).
+// result, when set, is told each renewal's outcome.
+func (h *Heartbeat) Run(ctx context.Context, caps func() v1alpha1.NodeCapabilities, result func(error)) {
 	t := time.NewTicker(h.Period())
 	defer t.Stop()
 	for {
-		if err := h.Beat(ctx, caps()); err != nil && ctx.Err() == nil {
+		err := h.Beat(ctx, caps())
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			h.log.Error(err, "heartbeat failed")
-			if failures != nil {
-				failures(err)
-			}
+		}
+		if result != nil {
+			result(err)
 		}
 		select {
 		case <-ctx.Done():

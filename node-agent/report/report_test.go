@@ -120,7 +120,11 @@ func TestHeartbeatRunRenews(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
 	beats := 0
-	hb.Run(ctx, func() v1alpha1.NodeCapabilities { beats++; return v1alpha1.NodeCapabilities{} }, func(err error) { t.Error(err) })
+	hb.Run(ctx, func() v1alpha1.NodeCapabilities { beats++; return v1alpha1.NodeCapabilities{} }, func(err error) {
+		if err != nil {
+			t.Error(err)
+		}
+	})
 	if beats < 3 {
 		t.Errorf("%d beats in 2.5s with a 1s period, want 3", beats)
 	}
