@@ -33,20 +33,20 @@ import (
 
 type runFlags struct {
 	commonFlags
-	namespace      string
-	kubeconfig     string
-	metricsAddr    string
-	heartbeat      time.Duration
-	rescan         time.Duration
-	replayPath     string
-	replaySpeed    float64
-	replayLoop     bool
-	qps            float64
-	burst          int
-	findingRate    float64
-	findingBurst   int
-	findingUpdate  time.Duration
-	maxFindings    int
+	namespace     string
+	kubeconfig    string
+	metricsAddr   string
+	heartbeat     time.Duration
+	rescan        time.Duration
+	replayPath    string
+	replaySpeed   float64
+	replayLoop    bool
+	qps           float64
+	burst         int
+	findingRate   float64
+	findingBurst  int
+	findingUpdate time.Duration
+	maxFindings   int
 }
 
 func newRunCommand(logger func() logr.Logger) *cobra.Command {
