@@ -65,6 +65,7 @@ func loadCoschedStep(_ context.Context, l *Loader, _ *btf.Spec) error {
 		return nil
 	}
 	l.links = append(l.links, lk)
+	l.schedSwitch = p
 	st.loaded, st.method = true, "tp_btf"
 	return nil
 }

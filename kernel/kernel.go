@@ -235,7 +235,9 @@ type Timeline struct {
 	// LostSlots counts slots overwritten before this read (reads came
 	// more than 256 slots apart); they precede Counts[0].
 	LostSlots int
-	// Samples and GuestSamples count samples since the previous read.
+	// Samples and GuestSamples count samples since the previous read,
+	// including the slot still filling; so per read sum(Counts) and
+	// Samples differ by at most that slot, and over reads they agree.
 	Samples, GuestSamples uint64
 }
 

@@ -51,6 +51,7 @@ type Loader struct {
 	goneLocks  map[uint32]uint32 // forgotten tid -> its VMI number, for the final report
 
 	// cosched.bpf.c
+	schedSwitch  *ebpf.Program
 	threads      *ebpf.Map
 	pairs        *ebpf.Map
 	cpuState     *ebpf.Map

@@ -31,8 +31,11 @@ const (
 	KernelBTF = "kernel-btf"
 	// RawTracepoint: BPF_PROG_TYPE_RAW_TRACEPOINT programs load.
 	RawTracepoint = "program:raw_tracepoint"
-	// Tracing: BPF_PROG_TYPE_TRACING programs (fentry, tp_btf) load.
+	// Tracing: BPF_PROG_TYPE_TRACING programs load (tp_btf on
+	// sched_switch, what the co-scheduling program is).
 	Tracing = "program:tracing"
+	// Fentry: fentry programs load (on a function every kernel has).
+	Fentry = "program:fentry"
 	// PerfEventProgram: BPF_PROG_TYPE_PERF_EVENT programs load.
 	PerfEventProgram = "program:perf_event"
 	// SoftwareSampling: a sampling task-clock perf event opens on this
@@ -128,6 +131,7 @@ var table = sync.OnceValue(func() []Probe {
 		{KernelBTF, haveKernelBTF},
 		{RawTracepoint, haveRawTracepoint},
 		{Tracing, haveTracing},
+		{Fentry, haveFentry},
 		{PerfEventProgram, havePerfEventProgram},
 		{SoftwareSampling, haveSoftwareSampling},
 		{TracepointKVMExit, haveKVMExitTracepoint},

@@ -44,7 +44,35 @@ func haveRawTracepoint() error {
 }
 
 func haveTracing() error {
-	return programType(ebpf.Tracing, "tracing (fentry, tp_btf)")
+	return loadTracing(ebpf.AttachTraceRawTp, "sched_switch", "tp_btf")
+}
+
+func haveFentry() error {
+	return loadTracing(ebpf.AttachTraceFEntry, "schedule", "fentry")
+}
+
+// loadTracing loads (without attaching) a trivial tracing program.
+func loadTracing(at ebpf.AttachType, target, what string) error {
+	if err := haveKernelBTF(); err != nil {
+		return err
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.Tracing,
+		AttachType:   at,
+		AttachTo:     target,
+		License:      "Dual MIT/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	switch {
+	case err == nil:
+		return prog.Close()
+	case errors.Is(err, unix.EPERM) && os.Geteuid() == 0:
+		return fmt.Errorf("the kernel refuses %s programs even to root (kernel lockdown or an LSM): %w", what, ErrNotSupported)
+	case errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
+		return fmt.Errorf("kernel cannot load %s programs (%v): %w", what, err, ErrNotSupported)
+	default:
+		return fmt.Errorf("load a %s program on %s: %w", what, target, err)
+	}
 }
 
 func havePerfEventProgram() error {

@@ -11,6 +11,7 @@ func unsupported() error {
 func haveKernelBTF() error        { return unsupported() }
 func haveRawTracepoint() error    { return unsupported() }
 func haveTracing() error          { return unsupported() }
+func haveFentry() error           { return unsupported() }
 func havePerfEventProgram() error { return unsupported() }
 func haveSoftwareSampling() error { return unsupported() }
 func haveKVMExitTracepoint() error {
