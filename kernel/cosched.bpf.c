@@ -12,12 +12,13 @@
  * A vCPU of another VMI taking over a CPU right after one ran there is a
  * handover (time-sliced sharing of a core's private caches).
  *
- * The common case, a switch between threads nobody watches, costs one hash
- * lookup and no writes.
+ * The common case, a switch between threads nobody watches, costs a bit
+ * test in watched_bits and no writes.
  */
 #include "include/core.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "include/sidewatch.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -28,6 +29,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct thread_info);
 } threads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WATCHED_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} watched_bits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -65,10 +73,11 @@ static __always_inline void stat_inc(__u32 idx)
 }
 
 /*
- * Adds to the pair of threads a (tid<<32 | vmi) and b. A global function:
- * the verifier checks it once instead of once per loop iteration.
+ * Adds to the pair of threads a (tid<<32 | vmi) and b: amount nanoseconds
+ * of overlap of the given peer kinds, or with kind 0, amount handovers.
+ * A global function: the verifier checks it once, not once per call site.
  */
-__noinline int add_pair(__u64 a, __u64 b, __u64 overlap_ns, __u32 kind)
+__noinline int add_pair(__u64 a, __u64 b, __u64 amount, __u32 kind)
 {
 	struct pair_key key;
 	__u32 vmi_a, vmi_b;
@@ -98,12 +107,42 @@ __noinline int add_pair(__u64 a, __u64 b, __u64 overlap_ns, __u32 kind)
 			return 0;
 	}
 	if (kind & PEER_SMT)
-		__sync_fetch_and_add(&v->smt_ns, overlap_ns);
+		__sync_fetch_and_add(&v->smt_ns, amount);
 	if (kind & PEER_LLC)
-		__sync_fetch_and_add(&v->llc_ns, overlap_ns);
+		__sync_fetch_and_add(&v->llc_ns, amount);
 	if (!kind)
-		__sync_fetch_and_add(&v->handovers, 1);
+		__sync_fetch_and_add(&v->handovers, amount);
 	return 0;
+}
+
+static __always_inline bool is_watched(__u32 tid)
+{
+	__u32 word = tid / 64;
+	__u64 *w = bpf_map_lookup_elem(&watched_bits, &word);
+	return w && ((*w >> (tid & 63)) & 1);
+}
+
+static __always_inline void flush_handovers(struct cpu_state *st)
+{
+	if (st->ho_count) {
+		add_pair(st->ho_from, st->ho_to, st->ho_count, 0);
+		st->ho_count = 0;
+	}
+}
+
+/* Thread to took this CPU over from thread from, of another VMI. */
+static __always_inline void handover(struct cpu_state *st, __u64 from, __u64 to, __u64 now)
+{
+	if (st->ho_count && st->ho_count < HANDOVER_BATCH && now - st->ho_start_ns < HANDOVER_BATCH_NS &&
+	    ((st->ho_from == from && st->ho_to == to) || (st->ho_from == to && st->ho_to == from))) {
+		st->ho_count++;
+		return;
+	}
+	flush_handovers(st);
+	st->ho_from = from;
+	st->ho_to = to;
+	st->ho_count = 1;
+	st->ho_start_ns = now;
 }
 
 /* The thread leaving this CPU ran since st->start_ns: add its overlaps. */
@@ -144,6 +183,24 @@ static __always_inline void account(struct cpu_state *st, __u32 cpu, __u64 now)
 	}
 }
 
+/*
+ * The time of this switch. __schedule has just run update_rq_clock, so the
+ * runqueue's clock (sched_clock, ns, the same on every CPU with a stable
+ * TSC) is fresh and costs three loads; bpf_ktime_get_ns can cost several
+ * times more where reading the TSC is slow (e.g. in a VM). Kernels without
+ * CONFIG_FAIR_GROUP_SCHED have no cfs_rq->rq: they use bpf_ktime_get_ns,
+ * and then always, so all times here come from one clock.
+ */
+static __always_inline __u64 switch_time(struct task_struct *prev)
+{
+	if (bpf_core_field_exists(((struct cfs_rq *)0)->rq)) {
+		struct cfs_rq *cfs = prev->se.cfs_rq;
+		struct rq *rq = cfs ? cfs->rq : 0;
+		return rq ? rq->clock : 0;
+	}
+	return bpf_ktime_get_ns();
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
@@ -154,12 +211,16 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 
 	__u32 next_tid = next->pid;
 	struct thread_info *ti = 0;
-	if (next_tid)
+	if (next_tid && is_watched(next_tid))
 		ti = bpf_map_lookup_elem(&threads, &next_tid);
+	/* Nothing watched leaves or enters, and no handover streak is open
+	 * (a streak is only open while a watched thread runs here). */
 	if (!ti && !st->tid)
 		return 0;
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = switch_time(prev);
+	if (!now)
+		return 0; /* no runqueue clock: skip rather than mix clocks */
 	if (st->tid)
 		account(st, cpu, now);
 
@@ -168,8 +229,11 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 		tid = next_tid;
 		vmi = ti->vmi;
 		if (st->last_vmi && st->last_vmi != vmi)
-			add_pair(((__u64)st->last_tid << 32) | st->last_vmi,
-				 ((__u64)tid << 32) | vmi, 0, 0);
+			handover(st, ((__u64)st->last_tid << 32) | st->last_vmi, ((__u64)tid << 32) | vmi, now);
+		else
+			flush_handovers(st);
+	} else {
+		flush_handovers(st);
 	}
 
 	/* Only this CPU writes its slot; peers read it under the seqcount. */

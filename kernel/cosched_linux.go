@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -35,6 +34,7 @@ func loadCoschedStep(_ context.Context, l *Loader, _ *btf.Spec) error {
 		return err
 	}
 	l.threads, l.pairs, l.cpuState, l.coschedStats = o.maps["threads"], o.maps["pairs"], o.maps["cpu_state"], o.maps["cosched_stats"]
+	l.watchedBits = o.maps["watched_bits"]
 
 	// The peers go in before the program attaches.
 	for _, c := range l.topology.CPUs {
@@ -76,8 +76,8 @@ func loadCoschedStep(_ context.Context, l *Loader, _ *btf.Spec) error {
 // name. Calling it again moves the thread to another VMI. When MaxThreads
 // threads are watched it returns an error wrapping ErrTableFull.
 func (l *Loader) WatchThread(tid int, vmi string) error {
-	if tid <= 0 || tid > math.MaxInt32 {
-		return fmt.Errorf("kernel: WatchThread: tid %d is not a thread id", tid)
+	if tid <= 0 || tid >= pidMaxLimit {
+		return fmt.Errorf("kernel: WatchThread: tid %d is not a thread id (1 to %d)", tid, pidMaxLimit-1)
 	}
 	if vmi == "" {
 		return errors.New("kernel: WatchThread: vmi is empty; pass the VMI's name or UID")
@@ -97,6 +97,11 @@ func (l *Loader) WatchThread(tid int, vmi string) error {
 		}
 		return fmt.Errorf("kernel: WatchThread %d: %w", tid, err)
 	}
+	// The bit after the entry: the program looks the entry up once it
+	// sees the bit.
+	if err := l.setWatchedBit(uint32(tid), true); err != nil {
+		return fmt.Errorf("kernel: WatchThread %d: %w", tid, err)
+	}
 	l.watched[uint32(tid)] = id
 	delete(l.goneLocks, uint32(tid))
 	delete(l.gonePairs, uint32(tid))
@@ -107,13 +112,16 @@ func (l *Loader) WatchThread(tid int, vmi string) error {
 // next ReadLockCounts and ReadCoScheduling report its final figures once,
 // then drop them. Forgetting an unknown thread is not an error.
 func (l *Loader) ForgetThread(tid int) error {
-	if tid <= 0 || tid > math.MaxInt32 {
-		return fmt.Errorf("kernel: ForgetThread: tid %d is not a thread id", tid)
+	if tid <= 0 || tid >= pidMaxLimit {
+		return fmt.Errorf("kernel: ForgetThread: tid %d is not a thread id (1 to %d)", tid, pidMaxLimit-1)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return ErrClosed
+	}
+	if err := l.setWatchedBit(uint32(tid), false); err != nil {
+		return fmt.Errorf("kernel: ForgetThread %d: %w", tid, err)
 	}
 	if err := l.threads.Delete(uint32(tid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("kernel: ForgetThread %d: %w", tid, err)
@@ -124,6 +132,25 @@ func (l *Loader) ForgetThread(tid int) error {
 	l.goneLocks[uint32(tid)] = l.watched[uint32(tid)]
 	delete(l.watched, uint32(tid))
 	return nil
+}
+
+// pidMaxLimit is PID_MAX_LIMIT on 64-bit Linux: thread ids are below it.
+const pidMaxLimit = 4 << 20
+
+// setWatchedBit sets or clears tid's bit in watched_bits. Only this
+// process writes the words, under l.mu.
+func (l *Loader) setWatchedBit(tid uint32, on bool) error {
+	word := tid / 64
+	var w uint64
+	if err := l.watchedBits.Lookup(word, &w); err != nil {
+		return err
+	}
+	if on {
+		w |= 1 << (tid % 64)
+	} else {
+		w &^= 1 << (tid % 64)
+	}
+	return l.watchedBits.Put(word, w)
 }
 
 // Watched returns how many threads are watched.

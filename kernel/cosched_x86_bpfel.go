@@ -22,14 +22,17 @@ type coschedCpuPeers struct {
 }
 
 type coschedCpuState struct {
-	_       structs.HostLayout
-	Seq     uint32
-	Tid     uint32
-	Vmi     uint32
-	LastTid uint32
-	LastVmi uint32
-	Pad     uint32
-	StartNs uint64
+	_         structs.HostLayout
+	Seq       uint32
+	Tid       uint32
+	Vmi       uint32
+	LastTid   uint32
+	LastVmi   uint32
+	HoCount   uint32
+	StartNs   uint64
+	HoFrom    uint64
+	HoTo      uint64
+	HoStartNs uint64
 }
 
 type coschedPairKey struct {
@@ -62,6 +65,7 @@ const (
 	coschedMapCpuState     = "cpu_state"
 	coschedMapPairs        = "pairs"
 	coschedMapThreads      = "threads"
+	coschedMapWatchedBits  = "watched_bits"
 	coschedProgSchedSwitch = "sched_switch"
 )
 
@@ -119,6 +123,7 @@ type coschedMapSpecs struct {
 	CpuState     *ebpf.MapSpec `ebpf:"cpu_state"`
 	Pairs        *ebpf.MapSpec `ebpf:"pairs"`
 	Threads      *ebpf.MapSpec `ebpf:"threads"`
+	WatchedBits  *ebpf.MapSpec `ebpf:"watched_bits"`
 }
 
 // coschedVariableSpecs contains global variables before they are loaded into the kernel.
@@ -152,6 +157,7 @@ type coschedMaps struct {
 	CpuState     *ebpf.Map `ebpf:"cpu_state"`
 	Pairs        *ebpf.Map `ebpf:"pairs"`
 	Threads      *ebpf.Map `ebpf:"threads"`
+	WatchedBits  *ebpf.Map `ebpf:"watched_bits"`
 }
 
 func (m *coschedMaps) Close() error {
@@ -161,6 +167,7 @@ func (m *coschedMaps) Close() error {
 		m.CpuState,
 		m.Pairs,
 		m.Threads,
+		m.WatchedBits,
 	)
 }
 

@@ -53,6 +53,7 @@ type Loader struct {
 	// cosched.bpf.c
 	schedSwitch  *ebpf.Program
 	threads      *ebpf.Map
+	watchedBits  *ebpf.Map
 	pairs        *ebpf.Map
 	cpuState     *ebpf.Map
 	coschedStats *ebpf.Map

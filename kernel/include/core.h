@@ -105,8 +105,21 @@ struct bpf_raw_tracepoint_args {
 
 /* Kernel-internal, CO-RE relocated. */
 
+struct rq {
+	u64 clock;
+} __attribute__((preserve_access_index));
+
+struct cfs_rq {
+	struct rq *rq; /* only with CONFIG_FAIR_GROUP_SCHED */
+} __attribute__((preserve_access_index));
+
+struct sched_entity {
+	struct cfs_rq *cfs_rq;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
+	struct sched_entity se;
 } __attribute__((preserve_access_index));
 
 struct perf_sample_data {

@@ -82,9 +82,26 @@ struct cpu_state {
 	__u32 vmi;
 	__u32 last_tid; /* last watched vCPU thread that ran here */
 	__u32 last_vmi;
-	__u32 pad;
+	__u32 ho_count; /* handovers batched for the pair ho_from/ho_to */
 	__u64 start_ns; /* when tid started running here */
+	/* A streak of handovers between one pair (two vCPUs of different VMIs
+	 * taking turns on this CPU) is counted here and added to the pair map
+	 * once, when the streak ends, reaches HANDOVER_BATCH or is older than
+	 * HANDOVER_BATCH_NS: a hash update per streak instead of per switch. */
+	__u64 ho_from;  /* tid << 32 | vmi */
+	__u64 ho_to;
+	__u64 ho_start_ns;
 };
+
+#define HANDOVER_BATCH 64
+#define HANDOVER_BATCH_NS 10000000ULL
+
+/* Linux's PID_MAX_LIMIT on 64-bit: thread ids are below it. */
+#define PID_MAX_LIMIT (4 * 1024 * 1024)
+/* watched_bits: one bit per possible thread id, set for watched threads, so
+ * that a switch to an unwatched thread costs an array read, not a hash
+ * lookup. */
+#define WATCHED_WORDS (PID_MAX_LIMIT / 64)
 
 #define MAX_PEERS 256
 #define PEER_SMT (1U << 0) /* SMT sibling of the same core */
