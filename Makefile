@@ -49,8 +49,9 @@ generate-bpf: ## Rebuild kernel/*.bpf.c into committed Go and .o files (needs cl
 	  sha256sum gen.go *.bpf.c include/*.h; } > bpf.sum
 
 .PHONY: manifests
-manifests: ## Generate the sidewatch CRDs into config/crd/bases.
+manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/).
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
+	cp config/crd/bases/*.yaml charts/sidewatch/crds/
 
 .PHONY: kubevirt-crds
 kubevirt-crds: ## Regenerate the KubeVirt VMI and VMIM CRDs used by tests and the demo.
