@@ -5,6 +5,7 @@ package kernel
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -112,4 +113,103 @@ func emptySchedSwitch(b *testing.B) *ebpf.Program {
 	}
 	b.Cleanup(func() { lk.Close() })
 	return p
+}
+
+// BenchmarkSchedSwitchOverhead measures the program's cost on the wall
+// clock, without run-time statistics: the same ping-pong, alternating
+// batches with the program attached and detached so that drift in the
+// machine's load hits both alike. overhead-ns/switch is the difference.
+//
+//	go test ./kernel -run '^$' -bench SchedSwitchOverhead -benchtime 2000000x -count 3
+func BenchmarkSchedSwitchOverhead(b *testing.B) {
+	for _, watch := range []bool{false, true} {
+		name := "unwatched"
+		if watch {
+			name = "vcpus"
+		}
+		b.Run(name, func(b *testing.B) {
+			l := mustLoad(b, Options{})
+			a := startPinned(b, 0)
+			z := startPinned(b, 0)
+			if watch {
+				if err := l.WatchThread(a.tid, "ns/a"); err != nil {
+					b.Fatal(err)
+				}
+				if err := l.WatchThread(z.tid, "ns/b"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			const batch = 5000
+			var on, off time.Duration
+			var onN, offN int
+			attached := true
+			b.ResetTimer()
+			for done := 0; done < b.N; done += batch {
+				n := min(batch, b.N-done)
+				start := time.Now()
+				pingPong(b, a, z, n)
+				if d := time.Since(start); attached {
+					on, onN = on+d, onN+n
+				} else {
+					off, offN = off+d, offN+n
+				}
+				b.StopTimer()
+				if attached {
+					detachSchedSwitch(b, l)
+				} else {
+					attachSchedSwitch(b, l)
+				}
+				attached = !attached
+				b.StartTimer()
+			}
+			b.StopTimer()
+			if onN == 0 || offN == 0 {
+				return
+			}
+			perOn := float64(on.Nanoseconds()) / float64(2*onN)
+			perOff := float64(off.Nanoseconds()) / float64(2*offN)
+			b.ReportMetric(perOn, "attached-ns/switch")
+			b.ReportMetric(perOff, "detached-ns/switch")
+			b.ReportMetric(perOn-perOff, "overhead-ns/switch")
+		})
+	}
+}
+
+// detachSchedSwitch closes the sched_switch program's link.
+func detachSchedSwitch(b *testing.B, l *Loader) {
+	b.Helper()
+	id, err := programID(l.schedSwitch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i, lk := range l.links {
+		info, err := lk.Info()
+		if err != nil || info.Program != id {
+			continue
+		}
+		if err := lk.Close(); err != nil {
+			b.Fatal(err)
+		}
+		l.links = append(l.links[:i], l.links[i+1:]...)
+		return
+	}
+	b.Fatal("sched_switch link not found")
+}
+
+func attachSchedSwitch(b *testing.B, l *Loader) {
+	b.Helper()
+	lk, err := link.AttachTracing(link.TracingOptions{Program: l.schedSwitch})
+	if err != nil {
+		b.Fatal(err)
+	}
+	l.links = append(l.links, lk)
+}
+
+func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
 }

@@ -26,15 +26,17 @@ const (
 	ProgramSampler = "sampler"
 )
 
-// Signal names, as they appear in NodeCapabilities.Signals.
+// Signal names, as they appear in NodeCapabilities.Signals. Bus and split
+// locks carry the names of the counter events they stand in for
+// (v1alpha1.EventBusLocks, EventSplitLocks), so the agent can use them
+// where the PMU lacks the event.
 const (
-	// SignalBusLocks is the detectors' bus-lock input, from whichever
-	// source BusLockSignal picks.
-	SignalBusLocks = "bus_locks"
-	// SignalBusLockExits: bus-lock VM exits counted by kvm_exit.
-	SignalBusLockExits = "bus_lock_exits"
+	// SignalBusLocks: bus-lock VM exits counted by kvm_exit (Source
+	// "ebpf:kvm_exit"); for the node-wide choice between these and the
+	// PMU's event see BusLockSignal.
+	SignalBusLocks = string(v1alpha1.EventBusLocks)
 	// SignalSplitLocks: guest split-lock #AC counted by split_lock.
-	SignalSplitLocks = "split_locks"
+	SignalSplitLocks = string(v1alpha1.EventSplitLocks)
 	// SignalHostBusLocks: bus-lock #DB traps of host threads (e.g. TCG
 	// vCPU threads) counted by host_bus_lock.
 	SignalHostBusLocks = "host_bus_locks"
@@ -290,7 +292,7 @@ func (s Status) Signal(name string) (v1alpha1.SignalStatus, bool) {
 // BusLockExitEnabled); the PMU event covers the others. Split-lock #AC is a
 // last resort: it sees only split locks, a subset of bus locks.
 func BusLockSignal(s Status, pmu bool, pmuReason string) v1alpha1.SignalStatus {
-	exits, _ := s.Signal(SignalBusLockExits)
+	exits, _ := s.Signal(SignalBusLocks)
 	split, _ := s.Signal(SignalSplitLocks)
 	out := v1alpha1.SignalStatus{Name: SignalBusLocks}
 	if pmuReason == "" && !pmu {

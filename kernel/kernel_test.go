@@ -27,7 +27,7 @@ func TestOptionsDefaults(t *testing.T) {
 func TestBusLockSignal(t *testing.T) {
 	status := func(exits, split bool) Status {
 		return Status{Signals: []v1alpha1.SignalStatus{
-			{Name: SignalBusLockExits, Available: exits, Source: "ebpf:kvm_exit", Reason: map[bool]string{false: "no KVM_CAP_X86_BUS_LOCK_EXIT"}[exits]},
+			{Name: SignalBusLocks, Available: exits, Source: "ebpf:kvm_exit", Reason: map[bool]string{false: "no KVM_CAP_X86_BUS_LOCK_EXIT"}[exits]},
 			{Name: SignalSplitLocks, Available: split, Source: "ebpf:handle_guest_split_lock", Reason: map[bool]string{false: "no split_lock_detect"}[split]},
 		}}
 	}

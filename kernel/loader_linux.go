@@ -222,7 +222,11 @@ func (l *Loader) newObject(name string, loadSpec func() (*ebpf.CollectionSpec, e
 		}
 		mp, err := ebpf.NewMap(ms)
 		if err != nil {
-			return nil, fmt.Errorf("kernel: %s: create map %s (max_entries %d): %w%s", name, m, ms.MaxEntries, err, sizeHint(m))
+			hint := ""
+			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
+				hint = sizeHint(m)
+			}
+			return nil, fmt.Errorf("kernel: %s: create map %s (max_entries %d): %w%s", name, m, ms.MaxEntries, err, hint)
 		}
 		l.maps = append(l.maps, mp)
 		o.maps[m] = mp
@@ -415,8 +419,14 @@ func (l *Loader) buildStatus() Status {
 	if !l.layout.VMX && !l.layout.SVM {
 		layout = "no KVM exit-reason layout: " + strings.Join(l.layout.Missing, "; ")
 	}
-	signal(SignalBusLockExits, "ebpf:kvm_exit", ProgramKVMExit, layout, probeReason(probe.KVMBusLockExit))
+	signal(SignalBusLocks, "ebpf:kvm_exit", ProgramKVMExit, layout, probeReason(probe.KVMBusLockExit))
+	if sig := &s.Signals[len(s.Signals)-1]; sig.Available {
+		sig.Reason = "bus-lock VM exits happen only for VMIs whose VMM enabled KVM_CAP_X86_BUS_LOCK_EXIT (LockCounts.BusLockExitEnabled); the PMU's bus-lock event covers the others"
+	}
 	signal(SignalSplitLocks, "ebpf:handle_guest_split_lock", ProgramSplitLock, probeReason(probe.CPUSplitLockDetect))
+	if sig := &s.Signals[len(s.Signals)-1]; sig.Available {
+		sig.Reason = "split locks only (a subset of bus locks), and only those KVM handles because the guest does not take #AC itself"
+	}
 	signal(SignalHostBusLocks, "ebpf:handle_bus_lock", ProgramHostBusLock, probeReason(probe.CPUBusLockDetect))
 	cosched := ""
 	if len(l.topology.CPUs) == 0 {

@@ -89,7 +89,7 @@ func TestLoadEveryProgram(t *testing.T) {
 			t.Errorf("%s: probe %s says the hook exists, but the program did not attach: %v", w.program, w.probe, err)
 		}
 	}
-	for _, name := range []string{SignalBusLockExits, SignalSplitLocks, SignalHostBusLocks, SignalCoScheduling, SignalSampleBins} {
+	for _, name := range []string{SignalBusLocks, SignalSplitLocks, SignalHostBusLocks, SignalCoScheduling, SignalSampleBins} {
 		sig, ok := st.Signal(name)
 		if !ok {
 			t.Errorf("Status has no signal %s", name)
