@@ -13,9 +13,10 @@
  * event). regs are the registers the overflow interrupted. data is the
  * sample perf is about to record; since Linux 6.3 perf fills it (including
  * data->ip under PERF_SAMPLE_IP) before running the program. When the
- * interrupt hit a vCPU in guest mode on hardware KVM, perf records the
- * guest's RIP (perf_guest_get_ip) in data->ip while regs are the host's
- * registers in KVM's exit path, so data->ip != regs->ip marks a guest sample.
+ * overflow was taken while a vCPU ran in guest mode on hardware KVM, x86
+ * perf records the guest's RIP (perf_guest_get_ip) in data->ip while regs
+ * are the host's registers in KVM's exit path, so data->ip != regs->ip marks
+ * a guest sample.
  * A host sample has data->ip == regs->ip. Events without PERF_SAMPLE_IP, or
  * kernels without perf_sample_data.sample_flags, give regs->ip (MODE_REGS:
  * guest or host unknown).
