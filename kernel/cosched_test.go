@@ -366,3 +366,31 @@ func countPairs(t testing.TB, l *Loader) int {
 	}
 	return n
 }
+
+// TestCoSchedulingPairTableFull: with room for one pair, a second pair is
+// dropped and counted, and the first is still reported.
+func TestCoSchedulingPairTableFull(t *testing.T) {
+	l := mustLoad(t, Options{MaxPairs: 1})
+	a, b, c := startPinned(t, 0), startPinned(t, 0), startPinned(t, 0)
+	for th, vmi := range map[*pinnedThread]string{a: "ns/a", b: "ns/b", c: "ns/c"} {
+		if err := l.WatchThread(th.tid, vmi); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pingPong(t, a, b, 200)
+	pingPong(t, a, c, 200)
+	pairs, err := l.ReadCoScheduling()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := findPair(pairs, a.tid, b.tid); !ok || len(pairs) != 1 {
+		t.Errorf("pairs %+v, want only a/b", pairs)
+	}
+	stats, err := l.ReadStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.PairTableFull == 0 {
+		t.Errorf("stats %+v: the dropped pair a/c is not counted", stats)
+	}
+}

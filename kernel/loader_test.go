@@ -585,3 +585,36 @@ func TestLoadRejectsImpossibleTopology(t *testing.T) {
 		t.Fatalf("Load with a topology naming CPU 4000: %v, want an error naming it", err)
 	}
 }
+
+// TestLockTableFull: with room for one thread, a second thread's bus-lock
+// exits are dropped and counted.
+func TestLockTableFull(t *testing.T) {
+	layout := syntheticLayout()
+	l := mustLoad(t, Options{KVMLayout: &layout, MaxThreads: 1})
+	img := newVCPUImage(t, layout)
+	img.setExit(kvmISAVMX, 74)
+	var tids []int
+	for range 2 {
+		th := startPinned(t, 0)
+		tids = append(tids, th.tid)
+		var err error
+		th.do(func() { _, err = l.kvmExit.Run(&ebpf.RunOptions{Context: []uint64{img.addr(0), kvmISAVMX}}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts, err := l.ReadLockCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(counts) != 1 || counts[0].TID != tids[0] || counts[0].BusLockExits != 1 {
+		t.Errorf("counts %+v, want one exit of thread %d only", counts, tids[0])
+	}
+	stats, err := l.ReadStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.LockTableFull == 0 {
+		t.Errorf("stats %+v: the second thread's exit is not counted as dropped", stats)
+	}
+}
