@@ -71,7 +71,7 @@ verify-generated: ## Fail when generated code or CRDs are stale.
 
 .PHONY: lint
 lint: ## gofmt and go vet.
-	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	@out="$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*'))"; \
 	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
