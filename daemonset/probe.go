@@ -33,6 +33,10 @@ func newProbeCommand(logger func() logr.Logger) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			caps, kl, _, _ := withKernel(cmd.Context(), caps, f.sysRoot, logger())
+			if kl != nil {
+				defer kl.Close()
+			}
 			switch output {
 			case "json":
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -46,7 +50,6 @@ func newProbeCommand(logger func() logr.Logger) *cobra.Command {
 	}
 	f.bind(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "json (the heartbeat's NodeCapabilities) or text")
-	_ = logger
 	return cmd
 }
 
@@ -70,6 +73,10 @@ func printCapabilities(w io.Writer, c v1alpha1.NodeCapabilities) error {
 	fmt.Fprintln(tw, "\nEVENT\tAVAILABLE\tENCODING\tPMU EVENT\tREASON")
 	for _, e := range p.Events {
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\n", e.Event, e.Available, e.Encoding, e.PMUEventName, e.Reason)
+	}
+	fmt.Fprintln(tw, "\nEBPF PROGRAM\tLOADED\tREASON")
+	for _, p := range c.EBPF {
+		fmt.Fprintf(tw, "%s\t%v\t%s\n", p.Name, p.Loaded, p.Reason)
 	}
 	fmt.Fprintln(tw, "\nSIGNAL\tAVAILABLE\tSOURCE\tREASON")
 	for _, s := range c.Signals {

@@ -130,6 +130,14 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 		caps.Monitorable, caps.Reason = false, v1alpha1.ReasonNoHardwareCounters
 		caps.Message = fmt.Sprintf("node %s: the agent could not probe the CPU: %v", f.node, err)
 	}
+	caps, kl, kernelBus, kernelSplit := withKernel(ctx, caps, f.sysRoot, log.WithName("kernel"))
+	if kl != nil {
+		defer func() {
+			if err := kl.Close(); err != nil {
+				log.Error(err, "unloading the eBPF programs")
+			}
+		}()
+	}
 	var col collect.Collector
 	if f.replayPath != "" {
 		rc := replay.New(log.WithName("replay"), replay.Options{Path: f.replayPath, Speed: f.replaySpeed, Loop: f.replayLoop})
@@ -145,7 +153,7 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 		"cpu", fmt.Sprintf("%s family %d model %d", caps.PMU.Vendor, caps.PMU.Family, caps.PMU.Model),
 		"pmu", caps.PMU.Present, "guestOnly", caps.PMU.GuestOnlyCounting, "branchStack", caps.PMU.BranchStack,
 		"perfEventParanoid", caps.PerfEventParanoid, "capabilities", caps.Capabilities, "fdLimit", caps.FileDescriptors.Limit,
-		"source", col.Name())
+		"source", col.Name(), "ebpf", len(caps.EBPF), "ebpfBusLocks", kernelBus, "ebpfSplitLocks", kernelSplit)
 
 	watcher, err := discovery.NewWatcher(cfg, scheme, f.node)
 	if err != nil {
@@ -159,13 +167,17 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 	findings := report.NewFindingWriter(k8s, log.WithName("findings"), nil, report.FindingOptions{
 		Node: f.node, MinUpdateInterval: f.findingUpdate, WritesPerSecond: f.findingRate, Burst: f.findingBurst, MaxActive: f.maxFindings,
 	})
-	a, err := agent.New(agent.Options{
+	opts := agent.Options{
 		Node: f.node, AgentVersion: version.Version, Log: log.WithName("agent"),
 		World: watcher, ProcRoot: f.procRoot, Collector: col, Capabilities: caps,
 		Detectors:      agent.DetectFactory(log.WithName("detect"), profileLoader(ctx, k8s, f.namespace), nil),
 		Findings:       findings,
 		RescanInterval: f.rescan,
-	})
+	}
+	if kl != nil && f.replayPath == "" {
+		opts.Kernel, opts.KernelBusLocks, opts.KernelSplitLocks = kl, kernelBus, kernelSplit
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/kernel"
 	"github.com/sidewatch/sidewatch/node-agent/capabilities"
 	"github.com/sidewatch/sidewatch/node-agent/collect"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
@@ -62,6 +63,13 @@ type Attributor interface {
 	Attribute(ctx context.Context, vmi report.VMIRef, qemuPID int, addrs []AddrCount) ([]v1alpha1.GuestProgram, error)
 }
 
+// KernelLocks is the part of kernel.Loader the agent uses.
+type KernelLocks interface {
+	WatchThread(tid int, vmi string) error
+	ForgetThread(tid int) error
+	ReadLockCounts() ([]kernel.LockCounts, error)
+}
+
 // World is the cluster as the agent sees it: discovery.Watcher, or a fixed
 // world for record mode and tests.
 type World interface {
@@ -94,6 +102,12 @@ type Options struct {
 	// Attributor, when set, attributes the sampled addresses of the VMIs
 	// a detection names.
 	Attributor Attributor
+	// Kernel, when set, is the eBPF loader (kernel/): the watched vCPU
+	// threads are registered with it, and its per-thread lock counts feed
+	// the detector as bus_locks (KernelBusLocks: the node's bus-lock signal
+	// comes from eBPF, not the PMU) and split_locks (KernelSplitLocks).
+	Kernel                           KernelLocks
+	KernelBusLocks, KernelSplitLocks bool
 	// Findings writes detections; nil only counts them.
 	Findings *report.FindingWriter
 	// OnDetection, when set, sees every detection after enrichment.
@@ -124,6 +138,7 @@ type Agent struct {
 	vmis          map[discovery.VMIRef]discovery.VMI
 	pids          map[discovery.VMIRef]int
 	streams       map[collect.StreamID]bool
+	kthreads      map[int]collect.StreamID
 	addrs         map[discovery.VMIRef]*addrRing
 	unavailable   []string
 	lastNoEvents  string
@@ -171,6 +186,7 @@ func New(opts Options) (*Agent, error) {
 		vmis:      map[discovery.VMIRef]discovery.VMI{},
 		pids:      map[discovery.VMIRef]int{},
 		streams:   map[collect.StreamID]bool{},
+		kthreads:  map[int]collect.StreamID{},
 		addrs:     map[discovery.VMIRef]*addrRing{},
 		attrQueue: make(chan attributionJob, 64),
 	}
@@ -426,6 +442,7 @@ func (a *Agent) setThreads(targets []discovery.Target, vmis []discovery.VMI, unr
 	if err := a.opts.Collector.SetThreads(threads); err != nil {
 		a.log.Error(err, "watching vCPU threads")
 	}
+	a.setKernelThreads(threads)
 	a.setStats(func(s *report.AgentStats) {
 		s.VMIs, s.VCPUs = len(targets), len(threads)
 		if unresolved != nil {
@@ -440,6 +457,7 @@ func (a *Agent) drain() {
 	a.buffers.Drain(&a.feed)
 	now := a.clock.Now()
 	a.lastDrain.Store(now.UnixNano())
+	a.readKernelLocks(now)
 	if a.detector != nil {
 		a.handle(a.detector.Advance(now.UnixNano()))
 	}

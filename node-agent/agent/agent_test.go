@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/kernel"
 	"github.com/sidewatch/sidewatch/node-agent/agent"
 	"github.com/sidewatch/sidewatch/node-agent/collect"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
@@ -387,5 +388,115 @@ func TestLoopWithoutCounters(t *testing.T) {
 	}
 	if c := a.Capabilities(); c.Reason != v1alpha1.ReasonNoHardwareCounters || c.FileDescriptors.Open == 0 {
 		t.Errorf("capabilities %+v", c)
+	}
+}
+
+// recordingDetector keeps what the agent feeds it, per stream and event.
+type recordingDetector struct {
+	mu      sync.Mutex
+	sums    map[collect.StreamID]map[string]uint64
+	samples map[collect.StreamID]int
+	last    map[collect.StreamID]int64
+	ordered bool
+}
+
+func newRecordingDetector() *recordingDetector {
+	return &recordingDetector{sums: map[collect.StreamID]map[string]uint64{}, samples: map[collect.StreamID]int{}, last: map[collect.StreamID]int64{}, ordered: true}
+}
+
+func (d *recordingDetector) Observe(t int64, s collect.StreamID, ev string, sample bool, v uint64) []report.Detection {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t < d.last[s] {
+		d.ordered = false
+	}
+	d.last[s] = t
+	if sample {
+		d.samples[s]++
+		return nil
+	}
+	if d.sums[s] == nil {
+		d.sums[s] = map[string]uint64{}
+	}
+	d.sums[s][ev] += v
+	return nil
+}
+func (d *recordingDetector) Advance(int64) []report.Detection                   { return nil }
+func (d *recordingDetector) Protect(report.VMIRef, *v1alpha1.SideChannelPolicy) {}
+func (d *recordingDetector) Forget(report.VMIRef)                               {}
+
+// fakeKernel plays the eBPF loader.
+type fakeKernel struct {
+	mu      sync.Mutex
+	watched map[int]string
+	forgot  []int
+	counts  []kernel.LockCounts
+}
+
+func (k *fakeKernel) WatchThread(tid int, vmi string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.watched[tid] = vmi
+	return nil
+}
+func (k *fakeKernel) ForgetThread(tid int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.watched, tid)
+	k.forgot = append(k.forgot, tid)
+	return nil
+}
+func (k *fakeKernel) ReadLockCounts() ([]kernel.LockCounts, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c := k.counts
+	k.counts = nil
+	return c, nil
+}
+
+// Lock counts from the eBPF programs reach the detector as the bus_locks
+// and split_locks of the vCPU's stream.
+func TestKernelLockCounts(t *testing.T) {
+	tree := fakeproc.New(t.TempDir())
+	tids, _ := tree.AddQEMU(fakeproc.QEMU{PID: 100, Namespace: "prod", Name: "vm", VCPUs: 2})
+	world := newWorld([]v1alpha1.SideChannelPolicy{policy("all", 0, nil, nil)}, vmi("prod", "vm"))
+	k := &fakeKernel{watched: map[int]string{}, counts: []kernel.LockCounts{{TID: tids[1], BusLockExits: 5, BusLockCoincident: 1, SplitLocks: 2}, {TID: 99999, BusLockExits: 7}}}
+	det := newRecordingDetector()
+	a, err := agent.New(agent.Options{
+		Node: "n1", Log: testr.New(t), World: world, ProcRoot: tree.Root, Collector: &fakeCollector{},
+		Events:    []collect.Event{{Name: "llc_misses"}},
+		Detectors: func(string, *v1alpha1.SideChannelPolicy) (agent.Detector, error) { return det, nil },
+		Kernel:    k, KernelBusLocks: true, KernelSplitLocks: true,
+		RescanInterval: 20 * time.Millisecond, DrainInterval: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	s1 := collect.StreamID{Namespace: "prod", VMI: "vm", VCPU: 1}
+	eventually(t, "lock counts observed", func() bool {
+		det.mu.Lock()
+		defer det.mu.Unlock()
+		return det.sums[s1]["bus_locks"] == 6 && det.sums[s1]["split_locks"] == 2
+	})
+	k.mu.Lock()
+	if len(k.watched) != 2 || k.watched[tids[0]] != "prod/vm" {
+		t.Errorf("watched %v", k.watched)
+	}
+	k.mu.Unlock()
+	world.set(func(w *fakeWorld) { w.vmis = nil })
+	eventually(t, "threads forgotten", func() bool { k.mu.Lock(); defer k.mu.Unlock(); return len(k.watched) == 0 && len(k.forgot) == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	det.mu.Lock()
+	defer det.mu.Unlock()
+	for s := range det.sums {
+		if s.VMI != "vm" {
+			t.Errorf("counts of an unwatched thread reached the detector: %v", s)
+		}
 	}
 }

@@ -18,45 +18,9 @@ import (
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/internal/guest"
 	"github.com/sidewatch/sidewatch/node-agent/agent"
-	"github.com/sidewatch/sidewatch/node-agent/collect"
 	"github.com/sidewatch/sidewatch/node-agent/collect/perf"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
-	"github.com/sidewatch/sidewatch/node-agent/report"
 )
-
-// recordingDetector keeps what the agent feeds it, per stream and event.
-type recordingDetector struct {
-	mu      sync.Mutex
-	sums    map[collect.StreamID]map[string]uint64
-	samples map[collect.StreamID]int
-	last    map[collect.StreamID]int64
-	ordered bool
-}
-
-func newRecordingDetector() *recordingDetector {
-	return &recordingDetector{sums: map[collect.StreamID]map[string]uint64{}, samples: map[collect.StreamID]int{}, last: map[collect.StreamID]int64{}, ordered: true}
-}
-
-func (d *recordingDetector) Observe(t int64, s collect.StreamID, ev string, sample bool, v uint64) []report.Detection {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if t < d.last[s] {
-		d.ordered = false
-	}
-	d.last[s] = t
-	if sample {
-		d.samples[s]++
-		return nil
-	}
-	if d.sums[s] == nil {
-		d.sums[s] = map[string]uint64{}
-	}
-	d.sums[s][ev] += v
-	return nil
-}
-func (d *recordingDetector) Advance(int64) []report.Detection                   { return nil }
-func (d *recordingDetector) Protect(report.VMIRef, *v1alpha1.SideChannelPolicy) {}
-func (d *recordingDetector) Forget(report.VMIRef)                               {}
 
 // moveToPodCgroup puts a process in a kubepods-style cgroup (cgroupfs
 // driver) of pod uid, as kubelet runs virt-launcher, so discovery reads a

@@ -458,3 +458,33 @@ func fdBudget(self string) v1alpha1.FDBudget {
 	}
 	return b
 }
+
+// WithKernel adds what the eBPF loader (kernel/) reports: its programs, and
+// its signals merged into the PMU's. busLocks is the node-wide bus-lock
+// signal (kernel.BusLockSignal, which already weighs the PMU's event);
+// other kernel signals replace an unavailable PMU signal of the same name
+// or are added. Monitorable, Reason and Message are decided again.
+func WithKernel(c v1alpha1.NodeCapabilities, programs []v1alpha1.ProgramStatus, signals []v1alpha1.SignalStatus, busLocks *v1alpha1.SignalStatus) v1alpha1.NodeCapabilities {
+	c.EBPF = slices.Clone(programs)
+	c.Signals = slices.Clone(c.Signals)
+	set := func(s v1alpha1.SignalStatus, force bool) {
+		i := slices.IndexFunc(c.Signals, func(o v1alpha1.SignalStatus) bool { return o.Name == s.Name })
+		switch {
+		case i < 0:
+			c.Signals = append(c.Signals, s)
+		case force || (s.Available && !c.Signals[i].Available):
+			c.Signals[i] = s
+		}
+	}
+	for _, s := range signals {
+		if s.Name == string(v1alpha1.EventBusLocks) && busLocks != nil {
+			continue
+		}
+		set(s, false)
+	}
+	if busLocks != nil {
+		set(*busLocks, true)
+	}
+	c.Monitorable, c.Reason, c.Message = Decide(c.Node, c)
+	return c
+}

@@ -270,3 +270,38 @@ func TestProbeThisMachine(t *testing.T) {
 		t.Errorf("root without CAP_PERFMON? %v", caps.Capabilities)
 	}
 }
+
+func TestWithKernel(t *testing.T) {
+	proc, sys := machine(t, genoaCPUInfo, false, "2")
+	caps, err := capabilities.Probe(capabilities.WithOpener(capabilities.Options{Node: "n1", ProcRoot: proc, SysRoot: sys},
+		func(uint32, uint64, bool, bool) error { return syscall.ENOENT }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	programs := []v1alpha1.ProgramStatus{{Name: "kvm_exit", Loaded: true}, {Name: "split_lock", Reason: "hook missing"}}
+	signals := []v1alpha1.SignalStatus{
+		{Name: "bus_locks", Source: "ebpf:kvm_exit", Reason: "no KVM_CAP_X86_BUS_LOCK_EXIT"},
+		{Name: "split_locks", Available: true, Source: "ebpf:handle_guest_split_lock"},
+		{Name: "cosched", Available: true, Source: "ebpf:sched_switch"},
+	}
+	// No bus-lock signal anywhere, but split locks from eBPF: monitorable
+	// with reduced signals, and the message says what is missing.
+	bus := v1alpha1.SignalStatus{Name: "bus_locks", Reason: "no bus-lock exits; no hardware counters"}
+	got := capabilities.WithKernel(caps, programs, signals, &bus)
+	if !got.Monitorable || got.Reason != "" || !strings.Contains(got.Message, "split_locks (ebpf:handle_guest_split_lock)") || len(got.EBPF) != 2 {
+		t.Errorf("with split locks: %v %q %q", got.Monitorable, got.Reason, got.Message)
+	}
+	byName := map[string]v1alpha1.SignalStatus{}
+	for _, s := range got.Signals {
+		byName[s.Name] = s
+	}
+	if byName["bus_locks"].Available || byName["cosched"].Source != "ebpf:sched_switch" || byName["llc_misses"].Source != "pmu" {
+		t.Errorf("signals %+v", got.Signals)
+	}
+	// Nothing usable from eBPF either (this machine): still no hardware counters.
+	signals[1].Available = false
+	got = capabilities.WithKernel(caps, programs, signals, &bus)
+	if got.Monitorable || got.Reason != v1alpha1.ReasonNoHardwareCounters || got.Message != "node n1: no hardware counters" {
+		t.Errorf("without: %v %q %q", got.Monitorable, got.Reason, got.Message)
+	}
+}
