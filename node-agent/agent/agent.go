@@ -142,6 +142,10 @@ type Agent struct {
 	addrs         map[discovery.VMIRef]*addrRing
 	unavailable   []string
 	lastNoEvents  string
+	gov           Governance
+	vmiList       []discovery.VMI
+	synced        bool
+	lastThreads   []collect.Thread
 	feed          feeder
 	attrQueue     chan attributionJob
 
@@ -223,7 +227,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	a.refresh(ctx)
+	a.refresh(ctx, true)
 	rescan := a.clock.NewTicker(a.opts.RescanInterval)
 	defer rescan.Stop()
 	drain := a.clock.NewTicker(a.opts.DrainInterval)
@@ -235,11 +239,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.opts.World.Changed():
-			a.refresh(ctx)
+			a.refresh(ctx, true)
 		case <-rescan.C():
-			a.refresh(ctx)
+			a.refresh(ctx, false)
 		case <-drain.C():
 			a.drain()
+		case <-a.buffers.Pressure():
+			a.drain() // a burst of samples: drain before the buffers overflow
 		case <-flush.C():
 			if a.opts.Findings != nil {
 				if err := a.opts.Findings.Flush(ctx); err != nil && ctx.Err() == nil {
@@ -259,28 +265,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// refresh re-reads the world and the proc tree and brings the detector and
-// the collector in line.
-func (a *Agent) refresh(ctx context.Context) {
-	vmis, err := a.opts.World.VMIs(ctx)
-	if err != nil {
-		a.log.Error(err, "listing VMIs")
-		return
+// refresh brings the detector and the collector in line with the world
+// (re-read when world is true: something changed in the cluster) and the
+// proc tree (re-read every time: QEMU processes and vCPU threads come and
+// go without an API event).
+func (a *Agent) refresh(ctx context.Context, world bool) {
+	if world || !a.synced {
+		vmis, err := a.opts.World.VMIs(ctx)
+		if err != nil {
+			a.log.Error(err, "listing VMIs")
+			return
+		}
+		policies, err := a.opts.World.Policies(ctx)
+		if err != nil {
+			a.log.Error(err, "listing policies")
+			return
+		}
+		nsLabels, err := a.opts.World.NamespaceLabels(ctx)
+		if err != nil {
+			a.log.Error(err, "listing namespaces")
+			return
+		}
+		a.gov, a.vmiList, a.synced = Govern(policies, nsLabels, vmis), vmis, true
+		a.applyDetector(a.gov)
+		a.applyVMIs(vmis, a.gov)
 	}
-	policies, err := a.opts.World.Policies(ctx)
-	if err != nil {
-		a.log.Error(err, "listing policies")
-		return
-	}
-	nsLabels, err := a.opts.World.NamespaceLabels(ctx)
-	if err != nil {
-		a.log.Error(err, "listing namespaces")
-		return
-	}
-	g := Govern(policies, nsLabels, vmis)
-	a.applyDetector(g)
-	a.applyVMIs(vmis, g)
-	a.applyCollection(ctx, g, vmis)
+	a.applyCollection(ctx, a.gov, a.vmiList)
 }
 
 // applyDetector rebuilds the detector when the node's policy changes and
@@ -439,10 +449,14 @@ func (a *Agent) setThreads(targets []discovery.Target, vmis []discovery.VMI, unr
 			a.streams[s] = true
 		}
 	}
-	if err := a.opts.Collector.SetThreads(threads); err != nil {
-		a.log.Error(err, "watching vCPU threads")
+	// Unchanged most of the time: then the collector is left alone.
+	if !slices.Equal(threads, a.lastThreads) || threads == nil {
+		if err := a.opts.Collector.SetThreads(threads); err != nil {
+			a.log.Error(err, "watching vCPU threads")
+		}
+		a.lastThreads = threads
+		a.setKernelThreads(threads)
 	}
-	a.setKernelThreads(threads)
 	a.setStats(func(s *report.AgentStats) {
 		s.VMIs, s.VCPUs = len(targets), len(threads)
 		if unresolved != nil {

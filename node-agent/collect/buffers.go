@@ -10,7 +10,8 @@ import (
 type BufferLimits struct {
 	// Readings per vCPU (default 64: 6.4 s at 100 ms).
 	Readings int
-	// Samples per vCPU (default 4096).
+	// Samples per vCPU (default 16384: 384 KiB, a third of a second at
+	// 50,000 samples/s).
 	Samples int
 	// BranchTargets per vCPU (default 512).
 	BranchTargets int
@@ -21,7 +22,7 @@ func (l BufferLimits) withDefaults() BufferLimits {
 		l.Readings = 64
 	}
 	if l.Samples <= 0 {
-		l.Samples = 4096
+		l.Samples = 16384
 	}
 	if l.BranchTargets <= 0 {
 		l.BranchTargets = 512
@@ -39,6 +40,10 @@ type Buffers struct {
 
 	mu      sync.Mutex
 	streams map[StreamID]*streamBuffer
+	// events interns sample event names, so a buffered sample is 24 bytes.
+	events []string
+	// pressure is signalled when a stream's samples pass half its bound.
+	pressure chan struct{}
 
 	droppedReadings atomic.Uint64
 	droppedSamples  atomic.Uint64
@@ -48,20 +53,48 @@ type Buffers struct {
 	// scratch, reused by Drain
 	order    []StreamID
 	readings []Reading
-	sampled  []Sample
+	sampled  []bufferedSample
 	targets  []uint64
+	sample   Sample
 }
 
 type streamBuffer struct {
 	readings ring[Reading]
-	samples  ring[Sample]
+	samples  ring[bufferedSample]
 	targets  ring[uint64]
 	lost     uint64
 }
 
+// bufferedSample is a Sample without its stream (the ring is the
+// stream's) and with its event interned.
+type bufferedSample struct {
+	time int64
+	ip   uint64
+	tid  uint32
+	mode CPUMode
+	ev   uint8
+}
+
 // NewBuffers makes empty buffers.
 func NewBuffers(limits BufferLimits) *Buffers {
-	return &Buffers{limits: limits.withDefaults(), streams: map[StreamID]*streamBuffer{}}
+	return &Buffers{limits: limits.withDefaults(), streams: map[StreamID]*streamBuffer{}, pressure: make(chan struct{}, 1)}
+}
+
+// Pressure receives when some vCPU's samples fill half its buffer: the
+// consumer should drain now rather than at its next tick.
+func (b *Buffers) Pressure() <-chan struct{} { return b.pressure }
+
+func (b *Buffers) eventIndex(name string) uint8 {
+	for i, e := range b.events {
+		if e == name {
+			return uint8(i)
+		}
+	}
+	if len(b.events) == 255 {
+		return 255
+	}
+	b.events = append(b.events, name)
+	return uint8(len(b.events) - 1)
 }
 
 func (b *Buffers) stream(id StreamID) *streamBuffer {
@@ -69,7 +102,7 @@ func (b *Buffers) stream(id StreamID) *streamBuffer {
 	if s == nil {
 		s = &streamBuffer{
 			readings: ring[Reading]{max: b.limits.Readings},
-			samples:  ring[Sample]{max: b.limits.Samples},
+			samples:  ring[bufferedSample]{max: b.limits.Samples},
 			targets:  ring[uint64]{max: b.limits.BranchTargets},
 		}
 		b.streams[id] = s
@@ -90,10 +123,18 @@ func (b *Buffers) Reading(r *Reading) {
 func (b *Buffers) Sample(s *Sample) {
 	b.samples.Add(1)
 	b.mu.Lock()
-	if b.stream(s.Stream).samples.push(*s) {
+	st := b.stream(s.Stream)
+	if st.samples.push(bufferedSample{time: s.Time, ip: s.IP, tid: s.TID, mode: s.Mode, ev: b.eventIndex(s.Event)}) {
 		b.droppedSamples.Add(1)
 	}
+	half := st.samples.n == b.limits.Samples/2
 	b.mu.Unlock()
+	if half {
+		select {
+		case b.pressure <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Branches implements Sink: the branch targets are kept for attribution.
@@ -151,12 +192,18 @@ func (b *Buffers) Drain(v Visitor) {
 		b.readings = s.readings.drainTo(b.readings[:0])
 		b.sampled = s.samples.drainTo(b.sampled[:0])
 		b.targets = s.targets.drainTo(b.targets[:0])
+		events := b.events
 		b.mu.Unlock()
 		i, j := 0, 0
 		for i < len(b.readings) || j < len(b.sampled) {
 			// A sample at a reading's end time belongs to that interval.
-			if j < len(b.sampled) && (i == len(b.readings) || b.sampled[j].Time <= b.readings[i].Time) {
-				v.Sample(&b.sampled[j])
+			if j < len(b.sampled) && (i == len(b.readings) || b.sampled[j].time <= b.readings[i].Time) {
+				x := &b.sampled[j]
+				b.sample = Sample{Stream: id, Time: x.time, IP: x.ip, TID: x.tid, Mode: x.mode}
+				if int(x.ev) < len(events) {
+					b.sample.Event = events[x.ev]
+				}
+				v.Sample(&b.sample)
 				j++
 				continue
 			}

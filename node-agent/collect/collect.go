@@ -74,7 +74,7 @@ type Config struct {
 	// and says so in Stats when it does not.
 	BranchStack bool
 	// RingPages is the number of data pages of each vCPU's sample ring
-	// buffer (a power of two; default 16).
+	// buffer (a power of two; default 32: 128 KiB, about 3,200 samples).
 	RingPages int
 }
 
@@ -219,6 +219,9 @@ type Stats struct {
 	ThreadsGone uint64
 	// FDBudgetRefused counts threads not watched for lack of descriptors.
 	FDBudgetRefused uint64
+	// RingGrowths counts sample rings reopened larger after the kernel
+	// dropped samples.
+	RingGrowths uint64
 	// Unavailable maps an event name to why it cannot be counted here.
 	Unavailable map[string]string
 	// BranchStack is true when branch stacks are being recorded; when

@@ -173,6 +173,11 @@ func TestBuffersBounded(t *testing.T) {
 	if st.DroppedSamples != 90 || st.DroppedReadings != 3 || st.Samples != 100 {
 		t.Fatalf("stats %+v, want 90 samples and 3 readings dropped", st)
 	}
+	select {
+	case <-b.Pressure():
+	default:
+		t.Error("no pressure signal when a stream's samples passed half its bound")
+	}
 	var r recorder
 	b.Drain(&r)
 	// The newest survive, in order.

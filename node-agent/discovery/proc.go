@@ -183,6 +183,17 @@ func (s Scanner) TaskIDs(pid int) ([]int, error) {
 	return ids, nil
 }
 
+// ThreadCount is how many threads a process has, from the link count of
+// its task directory (the kernel sets it to threads + 2): one stat
+// instead of a directory listing, to check known processes cheaply.
+func (s Scanner) ThreadCount(pid int) (int, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(s.ProcRoot, strconv.Itoa(pid), "task"), &st); err != nil {
+		return 0, notFound(err)
+	}
+	return int(st.Nlink) - 2, nil
+}
+
 // StartTime reads a process's start time, to tell a live process from a
 // new one that reused its PID.
 func (s Scanner) StartTime(pid int) (uint64, error) {

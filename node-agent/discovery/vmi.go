@@ -169,17 +169,25 @@ func (t *Tracker) fullScan() error {
 	return nil
 }
 
-// refreshKnown re-reads a known process only when its thread list changed
-// (a vCPU thread appeared or exited, or the PID now belongs to another
-// process), and forgets processes that exited.
+// refreshKnown re-reads a known process only when its thread count
+// changed (a vCPU thread appeared or exited, or the PID now belongs to
+// another process), and forgets processes that exited. The count comes
+// from one stat of the task directory; a thread replaced by another in
+// the same instant is caught by the periodic full scan (and an exited
+// vCPU thread's perf events report it to the collector at once).
 func (t *Tracker) refreshKnown() {
 	for pid, tp := range t.known {
-		tasks, err := t.Scanner.TaskIDs(pid)
+		n, err := t.Scanner.ThreadCount(pid)
 		if err != nil {
 			delete(t.known, pid)
 			continue
 		}
-		if slices.Equal(tasks, tp.tasks) {
+		if n == len(tp.tasks) {
+			continue
+		}
+		tasks, err := t.Scanner.TaskIDs(pid)
+		if err != nil {
+			delete(t.known, pid)
 			continue
 		}
 		p, ok, err := t.Scanner.Process(pid)
