@@ -31,15 +31,15 @@ const fdReserve = 128
 type Collector struct {
 	log logr.Logger
 
-	mu          sync.Mutex
-	cfg         collect.Config
-	configured  bool
-	names       []string
-	threads     map[collect.StreamID]*vcpu
-	byKey       map[uint64]*vcpu
-	gone        map[int]bool
+	mu         sync.Mutex
+	cfg        collect.Config
+	configured bool
+	names      []string
+	threads    map[collect.StreamID]*vcpu
+	byKey      map[uint64]*vcpu
+	gone       map[int]bool
 	// ringPages remembers grown ring sizes by thread id.
-	ringPages map[int]int
+	ringPages   map[int]int
 	wanted      []collect.Thread
 	nextKey     uint64
 	fds         int
