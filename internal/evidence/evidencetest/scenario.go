@@ -138,7 +138,7 @@ func payments(role string) vmiModel {
 		evidence.Process{PID: 813, PPID: 790, Comm: "postgres", Exe: "/usr/lib/postgresql/15/bin/postgres", Libraries: append(slices.Clone(pg), libc...)},
 	)
 	return vmiModel{
-		vmi: evidence.VMI{Namespace: "payments", Name: "payments-db", UID: victimUID, Role: role, VCPUs: 4, HostCPUs: []int32{12, 13, 76, 77}},
+		vmi:   evidence.VMI{Namespace: "payments", Name: "payments-db", UID: victimUID, Role: role, VCPUs: 4, HostCPUs: []int32{12, 13, 76, 77}},
 		procs: procs,
 		programs: []program{
 			{pid: 812, comm: "postgres", path: "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", base: 0x7f3a1c000000, symbol: "BN_mod_exp_mont_consttime", offset: 0x1a2b40, size: 0x900, active: true},
