@@ -2,6 +2,7 @@ package evidence
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -25,13 +26,13 @@ import (
 //  2. series-window: crop the counter series to a window centred on the
 //     onset, halving it down to 1024 values per series (the resolution
 //     that shows a covert channel's period is kept).
-//  3. series-resolution: sum adjacent steps (doubling the step) down to 128
-//     values per series.
-//  4. co-scheduling: average adjacent steps of the overlap time series
-//     down to 128, then drop them (the totals stay).
-//  5. processes: keep 8 library names per process, then 64 processes per
+//  3. processes: keep 8 library names per process, then 64 processes per
 //     VMI (those with attributed samples first, then the lowest pids), then
 //     no library names, then 16 processes.
+//  4. series-resolution: sum adjacent steps (doubling the step) down to 128
+//     values per series.
+//  5. co-scheduling: average adjacent steps of the overlap time series
+//     down to 128, then drop them (the totals stay).
 //  6. samples: keep 512, then 256, then no samples.
 //  7. detector: keep 1024, then 256, then 64 autocorrelation lags, burst
 //     times and phase intervals, those nearest the onset (the peak
@@ -147,7 +148,10 @@ func encodeIfFits(s *Snapshot) (data []byte, ok bool, err error) {
 // minJSONSize is a cheap lower bound of the JSON size, so a snapshot of
 // millions of values is known to be too large without marshalling it.
 func minJSONSize(s *Snapshot) int {
-	n := 2 * len(s.Samples) * 40
+	n := 0
+	for _, sm := range s.Samples {
+		n += 40 + len(sm.VMI) + len(sm.Comm) + len(sm.Path) + len(sm.Symbol)
+	}
 	for _, se := range s.Series {
 		n += 2 * len(se.Values)
 	}
@@ -267,10 +271,8 @@ func Attribute(samples []Sample) []Attribution {
 			a.Programs = append(a.Programs, g)
 		}
 		slices.SortFunc(a.Programs, func(x, y v1alpha1.GuestProgram) int {
-			if x.Samples != y.Samples {
-				return int(y.Samples - x.Samples)
-			}
-			return strings.Compare(x.Comm+x.Path+x.Symbol, y.Comm+y.Path+y.Symbol)
+			return cmp.Or(cmp.Compare(y.Samples, x.Samples), cmp.Compare(x.PID, y.PID),
+				strings.Compare(x.Comm, y.Comm), strings.Compare(x.Path, y.Path), strings.Compare(x.Symbol, y.Symbol))
 		})
 		if len(a.Programs) > maxPrograms {
 			a.Programs = a.Programs[:maxPrograms]

@@ -26,9 +26,9 @@ type trimStage struct {
 var stages = []trimStage{
 	{name: "samples", levels: len(sampleKeepFirst), apply: trimSamples(sampleKeepFirst), note: noteSamples},
 	{name: "series-window", levels: 16, apply: trimSeriesWindow, note: noteSeriesWindow},
+	{name: "processes", levels: 4, apply: trimProcesses, note: noteProcesses},
 	{name: "series-resolution", levels: 16, apply: trimSeriesResolution, note: noteSeriesResolution},
 	{name: "co-scheduling", levels: 16, apply: trimCoScheduling, note: noteCoScheduling},
-	{name: "processes", levels: 4, apply: trimProcesses, note: noteProcesses},
 	{name: "samples", levels: len(sampleKeepLast), apply: trimSamples(sampleKeepLast), note: noteSamples},
 	{name: "detector", levels: len(detectorKeep), apply: trimDetector, note: noteDetector},
 	{name: "series", levels: 2, apply: trimSeries, note: noteSeries},
@@ -79,6 +79,10 @@ func trimSamples(keeps []int) func(s *Snapshot, level int) bool {
 func keepSamples(s *Snapshot, keep int) bool {
 	if len(s.Samples) <= keep {
 		return false
+	}
+	if keep == 0 {
+		s.Samples = nil
+		return true
 	}
 	// The samples nearest the onset, in their original order.
 	idx := make([]int, len(s.Samples))
@@ -448,6 +452,9 @@ func trimSeries(s *Snapshot, level int) bool {
 	}
 	changed := len(out) != len(s.Series)
 	s.Series = out
+	if len(out) == 0 {
+		s.Series = nil
+	}
 	return changed
 }
 

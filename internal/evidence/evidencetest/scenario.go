@@ -749,23 +749,26 @@ func Autocorrelation(x []float64, maxLag int) []float64 {
 	return out
 }
 
-// Peak is the highest value of an autocorrelation curve past its first
-// dip below zero (lag 0 always peaks at 1).
+// Peak finds the oscillation's period in an autocorrelation curve: past
+// the first dip below zero (lag 0 always peaks at 1), the first local
+// maximum that reaches 80% of the highest one. Later peaks at multiples of
+// the period are as high; the first is the fundamental.
 func Peak(curve []float64) (lag int, value float64) {
 	i := 1
 	for i < len(curve) && curve[i] > 0 {
 		i++
 	}
-	lag, value = 0, math.Inf(-1)
+	first := i
+	top := math.Inf(-1)
 	for ; i < len(curve); i++ {
-		if curve[i] > value {
-			lag, value = i, curve[i]
+		top = math.Max(top, curve[i])
+	}
+	for i = max(first, 1); i+1 < len(curve); i++ {
+		if curve[i] >= 0.8*top && curve[i] >= curve[i-1] && curve[i] >= curve[i+1] {
+			return i, curve[i]
 		}
 	}
-	if lag == 0 {
-		return 0, 0
-	}
-	return lag, value
+	return 0, 0
 }
 
 // Pearson is the correlation coefficient of x and y.
