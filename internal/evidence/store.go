@@ -182,7 +182,9 @@ func Store(ctx context.Context, c client.Client, f *v1alpha1.ThreatFinding, s *S
 		ConfigMapName: name,
 		Bytes:         int64(len(data)),
 		Trimmed:       stored.TrimmedSummary(),
-		CapturedAt:    ptr.To(metav1.NewTime(stored.CapturedAt)),
+		// Seconds, as the API stores a metav1.Time; the snapshot keeps
+		// the exact time.
+		CapturedAt: ptr.To(metav1.NewTime(stored.CapturedAt.Truncate(time.Second))),
 	}
 	return ref, nil
 }
