@@ -203,10 +203,14 @@ func CovertChannel(seed uint64) *Scenario {
 	bystander := etlWorker()
 	models := []vmiModel{victim, receiver, bystander}
 
-	// The message: random bits, one per period.
+	// The message: a private key, one bit per period, most significant
+	// bit first, from a point that depends on the seed.
+	const key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
 	bits := make([]bool, int((windowTo-chanStart)/period)+1)
+	first := g.rng.IntN(len(key) * 8)
 	for i := range bits {
-		bits[i] = g.rng.IntN(2) == 1
+		b := (first + i) % (len(key) * 8)
+		bits[i] = key[b/8]&(0x80>>(b%8)) != 0
 	}
 	sending := func(t time.Duration) bool {
 		if t < chanStart {
@@ -275,13 +279,14 @@ func CovertChannel(seed uint64) *Scenario {
 	rx := misses[receiver.vmi.Key()]
 	from, to := binIndex(-time.Second), binIndex(0)
 	curve := Autocorrelation(rx[from:to], 250)
-	peakLag, peak := Peak(curve)
+	const threshold = 0.3
+	peakLag, peak := Peak(curve, threshold)
 	s.Detector = evidence.Detector{
 		Name:  "cache-oscillation/v1",
 		Score: 0.86,
 		Autocorrelation: &evidence.Autocorrelation{
 			VMI: receiver.vmi.Key(), Event: v1alpha1.EventLLCMisses, LagStepNs: int64(step),
-			Values: curve, PeakLagNs: int64(peakLag) * int64(step), PeakValue: peak, Threshold: 0.5,
+			Values: curve, PeakLagNs: int64(peakLag) * int64(step), PeakValue: peak, Threshold: threshold,
 		},
 		EventRates: rates(s.Series, v1alpha1.EventLLCMisses, from, to),
 		Figures: map[string]float64{
@@ -338,9 +343,17 @@ func PrimeProbe(seed uint64) *Scenario {
 		t += d + 5*time.Millisecond + time.Duration(g.rng.ExpFloat64()*float64(75*time.Millisecond))
 	}
 	inPhase := make([]bool, nBins)
+	// How strongly the attacker sees each phase: its eviction sets cover
+	// only part of the victim's tables, and some phases touch none of them.
+	seen := make([]float64, nBins)
 	for _, p := range phases {
+		strength := 0.35 + 0.65*g.rng.Float64()
+		if g.rng.Float64() < 0.15 {
+			strength = 0
+		}
 		for i := binIndex(time.Duration(p.StartNs)); i < binIndex(time.Duration(p.EndNs)) && i < nBins; i++ {
 			inPhase[i] = true
+			seen[i] = strength
 		}
 	}
 	const attackFrom = -1500 * time.Millisecond
@@ -365,9 +378,7 @@ func PrimeProbe(seed uint64) *Scenario {
 		if t >= attackFrom {
 			// Probing 2048 lines of its eviction sets, about every 150 µs.
 			r, mi = 13600, 640
-			if inPhase[i] {
-				mi += 5200 // the victim's modexp evicted the primed lines
-			}
+			mi += 5200 * seen[i] // the victim's modexp evicted primed lines
 		}
 		refs[x][i], misses[x][i] = g.noisy(r), g.noisy(mi)
 		y := bystander.vmi.Key()
@@ -379,7 +390,7 @@ func PrimeProbe(seed uint64) *Scenario {
 		refs[y][i], misses[y][i] = g.noisy(r), g.noisy(mi)
 	}
 
-	s := newSnapshot(models, host("bus_locks: the detector for this type does not use it"))
+	s := newSnapshot(models, host("guest_branches: LBR is passed through to guests on this node"))
 	for _, m := range models {
 		s.Series = append(s.Series,
 			series(m.vmi.Key(), v1alpha1.EventLLCReferences, refs[m.vmi.Key()]),
@@ -751,20 +762,17 @@ func Autocorrelation(x []float64, maxLag int) []float64 {
 
 // Peak finds the oscillation's period in an autocorrelation curve: past
 // the first dip below zero (lag 0 always peaks at 1), the first local
-// maximum that reaches 80% of the highest one. Later peaks at multiples of
-// the period are as high; the first is the fundamental.
-func Peak(curve []float64) (lag int, value float64) {
+// maximum at or above threshold. Peaks at multiples of the period can be
+// higher (the message's own structure, such as the 8 bits of a byte); the
+// first is the fundamental. It returns 0, 0 when no peak reaches the
+// threshold.
+func Peak(curve []float64, threshold float64) (lag int, value float64) {
 	i := 1
 	for i < len(curve) && curve[i] > 0 {
 		i++
 	}
-	first := i
-	top := math.Inf(-1)
-	for ; i < len(curve); i++ {
-		top = math.Max(top, curve[i])
-	}
-	for i = max(first, 1); i+1 < len(curve); i++ {
-		if curve[i] >= 0.8*top && curve[i] >= curve[i-1] && curve[i] >= curve[i+1] {
+	for ; i+1 < len(curve); i++ {
+		if curve[i] >= threshold && curve[i] >= curve[i-1] && curve[i] >= curve[i+1] {
 			return i, curve[i]
 		}
 	}
