@@ -203,14 +203,11 @@ func CovertChannel(seed uint64) *Scenario {
 	bystander := etlWorker()
 	models := []vmiModel{victim, receiver, bystander}
 
-	// The message: a private key, one bit per period, most significant
-	// bit first, from a point that depends on the seed.
-	const key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
+	// The message: the trojan encrypts what it leaks, so the bits look
+	// random; one bit per period.
 	bits := make([]bool, int((windowTo-chanStart)/period)+1)
-	first := g.rng.IntN(len(key) * 8)
 	for i := range bits {
-		b := (first + i) % (len(key) * 8)
-		bits[i] = key[b/8]&(0x80>>(b%8)) != 0
+		bits[i] = g.rng.IntN(2) == 1
 	}
 	sending := func(t time.Duration) bool {
 		if t < chanStart {
@@ -279,7 +276,7 @@ func CovertChannel(seed uint64) *Scenario {
 	rx := misses[receiver.vmi.Key()]
 	from, to := binIndex(-time.Second), binIndex(0)
 	curve := Autocorrelation(rx[from:to], 250)
-	const threshold = 0.3
+	const threshold = 0.4
 	peakLag, peak := Peak(curve, threshold)
 	s.Detector = evidence.Detector{
 		Name:  "cache-oscillation/v1",
