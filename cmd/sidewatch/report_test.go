@@ -204,8 +204,8 @@ func TestReportFromCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(page), "<svg"); n < 4 {
-		t.Errorf("HTML has %d plots, want 4", n)
+	if n := strings.Count(string(page), "<svg"); n != 5 {
+		t.Errorf("HTML has %d plots, want 5", n)
 	}
 
 	if _, err := runCLI(t, "report", "missing", "--kubeconfig", kubeconfig, "-n", "payments"); err == nil || !strings.Contains(err.Error(), "threatfinding missing not found in namespace payments") {

@@ -295,11 +295,8 @@ func (s *Snapshot) clone() *Snapshot {
 		c.Series[i].Values = slices.Clone(c.Series[i].Values)
 	}
 	d := &c.Detector
-	if a := s.Detector.Autocorrelation; a != nil {
-		ac := *a
-		ac.Values = slices.Clone(a.Values)
-		d.Autocorrelation = &ac
-	}
+	d.Autocorrelation = s.Detector.Autocorrelation.clone()
+	d.CrossCorrelation = s.Detector.CrossCorrelation.clone()
 	d.Bursts = slices.Clone(s.Detector.Bursts)
 	for i := range d.Bursts {
 		d.Bursts[i].TimesNs = slices.Clone(d.Bursts[i].TimesNs)
@@ -341,4 +338,13 @@ func (s *Snapshot) clone() *Snapshot {
 	}
 	c.Trimmed = slices.Clone(s.Trimmed)
 	return &c
+}
+
+func (c *Correlogram) clone() *Correlogram {
+	if c == nil {
+		return nil
+	}
+	cc := *c
+	cc.Values = slices.Clone(c.Values)
+	return &cc
 }

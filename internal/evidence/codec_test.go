@@ -424,3 +424,20 @@ func mustBase64(b []byte) string {
 	js, _ := json.Marshal(b) // []byte marshals as base64
 	return strings.Trim(string(js), `"`)
 }
+
+func TestIntervalsFromTrain(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float32
+		want []evidence.Interval
+	}{
+		{nil, nil},
+		{[]float32{0, 0}, nil},
+		{[]float32{1, 1, 0, 1}, []evidence.Interval{{StartNs: -100, EndNs: 100}, {StartNs: 200, EndNs: 300}}},
+		{[]float32{0, 3.5, 0.99}, []evidence.Interval{{StartNs: 0, EndNs: 100}}},
+	} {
+		got := evidence.IntervalsFromTrain(-100, 100, tc.in, 1)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%v: got %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -112,15 +112,8 @@ func (s *Snapshot) Validate() error {
 	d := s.Detector
 	v.str("detector.name", d.Name, maxEventLen)
 	v.num("detector.score", d.Score)
-	if a := d.Autocorrelation; a != nil {
-		v.str("detector.autocorrelation.vmi", a.VMI, maxTextLen)
-		v.event("detector.autocorrelation.event", string(a.Event))
-		v.timeline("detector.autocorrelation", 0, a.LagStepNs, len(a.Values))
-		v.nums("detector.autocorrelation.values", a.Values)
-		v.offset("detector.autocorrelation.peakLagNs", a.PeakLagNs)
-		v.num("detector.autocorrelation.peakValue", a.PeakValue)
-		v.num("detector.autocorrelation.threshold", a.Threshold)
-	}
+	v.correlogram("detector.autocorrelation", d.Autocorrelation)
+	v.correlogram("detector.crossCorrelation", d.CrossCorrelation)
 	v.count("detector.bursts", len(d.Bursts), maxBurstTrains)
 	for i, b := range d.Bursts {
 		p := fmt.Sprintf("detector.bursts[%d]", i)
@@ -214,6 +207,7 @@ func (s *Snapshot) Validate() error {
 		v.check(c.WindowNs >= 0 && c.WindowNs <= maxWindowNs, p+".windowNs", "is %d, want 0..%d", c.WindowNs, maxWindowNs)
 		v.check(c.SMTSiblingNs >= 0 && c.SMTSiblingNs <= c.WindowNs, p+".smtSiblingNs", "is %d, want 0..windowNs (%d)", c.SMTSiblingNs, c.WindowNs)
 		v.check(c.SharedLLCNs >= 0 && c.SharedLLCNs <= c.WindowNs, p+".sharedLLCNs", "is %d, want 0..windowNs (%d)", c.SharedLLCNs, c.WindowNs)
+		v.check(c.Handovers >= 0, p+".handovers", "is negative")
 		if o := c.Overlap; o != nil {
 			v.timeline(p+".overlap", o.StartNs, o.StepNs, max(len(o.SMTSibling), len(o.SharedLLC)))
 			v.fractions(p+".overlap.smtSibling", o.SMTSibling)
@@ -287,6 +281,19 @@ func (v *validator) timeline(field string, startNs, stepNs int64, n int) {
 		end := startNs + int64(n)*stepNs // no overflow: both factors are bounded
 		v.check(end <= maxOffsetNs+maxStepNs, field, "ends %d ns after the onset; offsets are limited to ±24h", end)
 	}
+}
+
+func (v *validator) correlogram(field string, c *Correlogram) {
+	if c == nil {
+		return
+	}
+	v.str(field+".vmi", c.VMI, maxTextLen)
+	v.event(field+".event", string(c.Event))
+	v.timeline(field, c.FirstLagNs, c.LagStepNs, len(c.Values))
+	v.nums(field+".values", c.Values)
+	v.offset(field+".peakLagNs", c.PeakLagNs)
+	v.num(field+".peakValue", c.PeakValue)
+	v.num(field+".threshold", c.Threshold)
 }
 
 func (v *validator) intervals(field string, is []Interval) {
@@ -439,13 +446,15 @@ func (s *Snapshot) bound() []TrimNote {
 	d := &s.Detector
 	str(&d.Name, maxEventLen)
 	num(&d.Score)
-	if a := d.Autocorrelation; a != nil {
+	for _, a := range []*Correlogram{d.Autocorrelation, d.CrossCorrelation} {
+		if a == nil {
+			continue
+		}
 		str(&a.VMI, maxTextLen)
 		event(&a.Event)
-		var zero int64
 		n := len(a.Values)
-		capList("autocorrelation lags", n, maxPoints)
-		axis(&zero, &a.LagStepNs, &n)
+		capList("correlogram lags", n, maxPoints)
+		axis(&a.FirstLagNs, &a.LagStepNs, &n)
 		a.Values = a.Values[:max(n, 0)]
 		nums(a.Values)
 		offset(&a.PeakLagNs)
@@ -571,6 +580,7 @@ func (s *Snapshot) bound() []TrimNote {
 		c.WindowNs = min(max(c.WindowNs, 0), maxWindowNs)
 		c.SMTSiblingNs = min(max(c.SMTSiblingNs, 0), c.WindowNs)
 		c.SharedLLCNs = min(max(c.SharedLLCNs, 0), c.WindowNs)
+		c.Handovers = max(c.Handovers, 0)
 		if o := c.Overlap; o != nil {
 			for _, l := range []*[]float64{&o.SMTSibling, &o.SharedLLC} {
 				n := len(*l)

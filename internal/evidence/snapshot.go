@@ -169,7 +169,10 @@ type Detector struct {
 	Score float64 `json:"score,omitempty"`
 	// Autocorrelation is the CC-Hunter autocorrelation of the conflict
 	// miss train (cache covert channels).
-	Autocorrelation *Autocorrelation `json:"autocorrelation,omitempty"`
+	Autocorrelation *Correlogram `json:"autocorrelation,omitempty"`
+	// CrossCorrelation is between the trains of a covert channel's two
+	// ends; VMI names both, joined by "+".
+	CrossCorrelation *Correlogram `json:"crossCorrelation,omitempty"`
 	// Bursts are the periodic lock bursts (bus-lock covert channels).
 	Bursts []BurstTrain `json:"bursts,omitempty"`
 	// PhaseCorrelation relates a suspect's anomalies to the victim's
@@ -183,15 +186,17 @@ type Detector struct {
 	Figures map[string]float64 `json:"figures,omitempty"`
 }
 
-// Autocorrelation is a normalised autocorrelation curve: Values[i] is the
-// autocorrelation at lag i*LagStepNs (Values[0] is 1).
-type Autocorrelation struct {
+// Correlogram is a normalised correlation curve by lag: Values[i] is the
+// correlation at lag FirstLagNs + i*LagStepNs (for an autocorrelation from
+// lag 0, Values[0] is 1).
+type Correlogram struct {
 	// VMI and Event name the train it was computed on; VMI may name two
-	// VMIs joined by "+" for a pair's joint conflict-miss train.
-	VMI       string                `json:"vmi"`
-	Event     v1alpha1.CounterEvent `json:"event"`
-	LagStepNs int64                 `json:"lagStepNs"`
-	Values    []float64             `json:"values"`
+	// VMIs joined by "+" for a pair's joint train or a cross-correlation.
+	VMI        string                `json:"vmi"`
+	Event      v1alpha1.CounterEvent `json:"event"`
+	FirstLagNs int64                 `json:"firstLagNs,omitempty"`
+	LagStepNs  int64                 `json:"lagStepNs"`
+	Values     []float64             `json:"values"`
 	// PeakLagNs and PeakValue are the highest peak past lag 0: the
 	// oscillation's period and strength.
 	PeakLagNs int64   `json:"peakLagNs"`
@@ -325,6 +330,9 @@ type CoScheduling struct {
 	// once on any CPUs sharing a last-level cache (siblings included).
 	SMTSiblingNs int64 `json:"smtSiblingNs"`
 	SharedLLCNs  int64 `json:"sharedLLCNs"`
+	// Handovers counts how often a vCPU of one followed a vCPU of the
+	// other on the same CPU (time-sliced attacks on one core).
+	Handovers int64 `json:"handovers,omitempty"`
 	// Overlap is the same over time, when the agent kept it.
 	Overlap *Overlap `json:"overlap,omitempty"`
 }
@@ -375,6 +383,25 @@ func (s *Snapshot) Victim() (VMI, bool) {
 		}
 	}
 	return VMI{}, false
+}
+
+// IntervalsFromTrain turns a regularly sampled indicator (a victim's
+// sensitive-phase train, a suspect's anomaly z-scores) into the intervals
+// where it is at or above threshold, merging adjacent steps.
+func IntervalsFromTrain[T float32 | float64](startNs, stepNs int64, values []T, threshold T) []Interval {
+	var out []Interval
+	for i := 0; i < len(values); i++ {
+		if values[i] < threshold {
+			continue
+		}
+		j := i
+		for j < len(values) && values[j] >= threshold {
+			j++
+		}
+		out = append(out, Interval{StartNs: startNs + int64(i)*stepNs, EndNs: startNs + int64(j)*stepNs})
+		i = j
+	}
+	return out
 }
 
 // At converts an offset from the onset into a time.

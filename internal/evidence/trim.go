@@ -344,9 +344,12 @@ func noteCoScheduling(orig, cur *Snapshot) string {
 func trimDetector(s *Snapshot, level int) bool {
 	keep := detectorKeep[level]
 	changed := false
-	if a := s.Detector.Autocorrelation; a != nil && len(a.Values) > keep {
-		peak := int(a.PeakLagNs / a.LagStepNs)
-		if peak < keep*3/4 {
+	for _, a := range []*Correlogram{s.Detector.Autocorrelation, s.Detector.CrossCorrelation} {
+		if a == nil || len(a.Values) <= keep {
+			continue
+		}
+		peak := int((a.PeakLagNs - a.FirstLagNs) / a.LagStepNs)
+		if peak >= 0 && peak < keep*3/4 {
 			// The curve past a few periods adds little: cut its tail.
 			a.Values = a.Values[:keep:keep]
 		} else {
@@ -387,8 +390,10 @@ func trimDetector(s *Snapshot, level int) bool {
 }
 
 func detectorCounts(s *Snapshot) (lags, bursts, intervals int) {
-	if a := s.Detector.Autocorrelation; a != nil {
-		lags = len(a.Values)
+	for _, a := range []*Correlogram{s.Detector.Autocorrelation, s.Detector.CrossCorrelation} {
+		if a != nil {
+			lags += len(a.Values)
+		}
 	}
 	for _, b := range s.Detector.Bursts {
 		bursts += len(b.TimesNs)
@@ -403,8 +408,8 @@ func noteDetector(orig, cur *Snapshot) string {
 	ol, ob, oi := detectorCounts(orig)
 	cl, cb, ci := detectorCounts(cur)
 	var parts []string
-	if a := cur.Detector.Autocorrelation; cl != ol && cl > 0 {
-		parts = append(parts, fmt.Sprintf("kept %d of %d autocorrelation lags (to %s, step %s; the peak figures are exact)", cl, ol, time.Duration(int64(cl)*a.LagStepNs), time.Duration(a.LagStepNs)))
+	if cl != ol && cl > 0 {
+		parts = append(parts, fmt.Sprintf("kept %d of %d correlation lags, the first ones or every few (the peak figures are exact)", cl, ol))
 	}
 	if cb != ob && cb > 0 {
 		parts = append(parts, fmt.Sprintf("kept %d of %d burst times, those nearest the onset", cb, ob))
@@ -506,8 +511,10 @@ func noteAttribution(orig, cur *Snapshot) string {
 
 func trimLastResort(s *Snapshot, _ int) bool {
 	s.Samples, s.Series, s.Attribution, s.Processes, s.CoScheduling = nil, nil, nil, nil, nil
-	if a := s.Detector.Autocorrelation; a != nil {
-		a.Values = nil
+	for _, a := range []*Correlogram{s.Detector.Autocorrelation, s.Detector.CrossCorrelation} {
+		if a != nil {
+			a.Values = nil
+		}
 	}
 	for i := range s.Detector.Bursts {
 		s.Detector.Bursts[i].TimesNs, s.Detector.Bursts[i].PeriodsNs = nil, nil

@@ -161,7 +161,7 @@ func TestHTMLInChromium(t *testing.T) {
 		colour map[string][]color.RGBA // per plot: colours that must be drawn
 	}{
 		{"covert-channel", evidencetest.CovertChannel, map[string][]color.RGBA{
-			"event-trains": {blue, red}, "event-trains-overview": {blue, red}, "autocorrelation": {blue, red}, "co-scheduling": {red},
+			"event-trains": {blue, red}, "event-trains-overview": {blue, red}, "autocorrelation": {blue, red}, "cross-correlation": {blue, red}, "co-scheduling": {red},
 		}},
 		{"prime-probe", evidencetest.PrimeProbe, map[string][]color.RGBA{
 			"event-trains": {blue, red}, "event-trains-overview": {blue, red}, "phase-correlation": {red}, "co-scheduling": {red},

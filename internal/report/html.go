@@ -127,8 +127,8 @@ const pageTemplate = `<!DOCTYPE html>
 <table class="facts">{{range .Figures}}<tr><td>{{.Name}}</td><td>{{.Value}}</td></tr>{{end}}</table>{{end}}
 
 {{if .Pairs}}<h2 id="co-scheduling">Co-scheduling</h2>
-<table><tr><th>Pair</th><th>Window</th><th>On SMT siblings</th><th>Sharing an LLC</th></tr>
-{{range .Pairs}}<tr><td>{{.A}} ↔ {{.B}}</td><td class="num">{{.Window}}</td><td class="num">{{round .SMTSibling}} ({{percent .SMTSibling .Window}})</td><td class="num">{{round .SharedLLC}} ({{percent .SharedLLC .Window}})</td></tr>
+<table><tr><th>Pair</th><th>Window</th><th>On SMT siblings</th><th>Sharing an LLC</th><th>Handovers on one CPU</th></tr>
+{{range .Pairs}}<tr><td>{{.A}} ↔ {{.B}}</td><td class="num">{{.Window}}</td><td class="num">{{round .SMTSibling}} ({{percent .SMTSibling .Window}})</td><td class="num">{{round .SharedLLC}} ({{percent .SharedLLC .Window}})</td><td class="num">{{.Handovers}}</td></tr>
 {{end}}</table>{{end}}
 
 {{if .Host}}<h2 id="host">Host</h2>

@@ -125,9 +125,9 @@ func (r *Report) Markdown(w io.Writer) error {
 	}
 
 	if len(r.Pairs) > 0 {
-		p("## Co-scheduling\n\n| Pair | Window | On SMT siblings | Sharing an LLC |\n|---|---:|---:|---:|\n")
+		p("## Co-scheduling\n\n| Pair | Window | On SMT siblings | Sharing an LLC | Handovers on one CPU |\n|---|---:|---:|---:|---:|\n")
 		for _, pr := range r.Pairs {
-			p("| %s ↔ %s | %s | %s (%s) | %s (%s) |\n", mdCell(pr.A), mdCell(pr.B), pr.Window, pr.SMTSibling.Round(time.Millisecond), percent(pr.SMTSibling, pr.Window), pr.SharedLLC.Round(time.Millisecond), percent(pr.SharedLLC, pr.Window))
+			p("| %s ↔ %s | %s | %s (%s) | %s (%s) | %d |\n", mdCell(pr.A), mdCell(pr.B), pr.Window, pr.SMTSibling.Round(time.Millisecond), percent(pr.SMTSibling, pr.Window), pr.SharedLLC.Round(time.Millisecond), percent(pr.SharedLLC, pr.Window), pr.Handovers)
 		}
 		p("\n")
 	}
@@ -187,10 +187,10 @@ func (r *Report) markdownPlots(b *bufio.Writer) {
 	if a := r.snapshot.Detector.Autocorrelation; a != nil && len(a.Values) > 1 {
 		const width = 64
 		line, _ := sparkline(shift(a.Values), width)
-		fmt.Fprintf(b, "## Autocorrelation\n\nLag 0 to %s; ^ marks the peak %.2f at %s (threshold %.2f).\n\n```\n%s\n",
-			time.Duration(int64(len(a.Values)-1)*a.LagStepNs), a.PeakValue, time.Duration(a.PeakLagNs), a.Threshold, line)
-		if a.PeakLagNs > 0 {
-			col := int(float64(a.PeakLagNs) / float64(int64(len(a.Values))*a.LagStepNs) * width)
+		fmt.Fprintf(b, "## Autocorrelation\n\nLag %s to %s; ^ marks the peak %.2f at %s (threshold %.2f).\n\n```\n%s\n",
+			time.Duration(a.FirstLagNs), time.Duration(a.FirstLagNs+int64(len(a.Values)-1)*a.LagStepNs), a.PeakValue, time.Duration(a.PeakLagNs), a.Threshold, line)
+		if at := a.PeakLagNs - a.FirstLagNs; at >= 0 && a.PeakLagNs > 0 {
+			col := int(float64(at) / float64(int64(len(a.Values))*a.LagStepNs) * width)
 			fmt.Fprintf(b, "%s^\n", strings.Repeat(" ", min(col, width-1)))
 		}
 		fmt.Fprint(b, "```\n\n")

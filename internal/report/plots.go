@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
@@ -48,7 +49,16 @@ func plots(r *Report) []Plot {
 			Title: "Autocorrelation of the conflict-miss train",
 			Caption: fmt.Sprintf("Normalised autocorrelation of %s %s by lag; the peak at %s (%.2f) is the channel's period, its multiples are marked. The dashed line is the detector's threshold.",
 				a.VMI, a.Event, time.Duration(a.PeakLagNs), a.PeakValue),
-			SVG: drawAutocorrelation(a),
+			SVG: drawCorrelogram(a, "autocorrelation", "Autocorrelation of "+a.VMI+" "+string(a.Event), true),
+		})
+	}
+	if x := d.CrossCorrelation; x != nil && len(x.Values) > 1 {
+		out = append(out, Plot{
+			Kind:  "cross-correlation",
+			Title: "Cross-correlation of the channel's two ends",
+			Caption: fmt.Sprintf("Correlation of the trains of %s by lag; the peak (%.2f at %s) is how far the second end follows the first: a sender and a receiver move together.",
+				strings.ReplaceAll(x.VMI, "+", " and "), x.PeakValue, time.Duration(x.PeakLagNs)),
+			SVG: drawCorrelogram(x, "cross-correlation", "Cross-correlation of "+strings.ReplaceAll(x.VMI, "+", " and "), false),
 		})
 	}
 	if len(d.Bursts) > 0 {
@@ -277,23 +287,26 @@ func drawTrains(r *Report, trains []trainPanel, lo, hi int64, kind, title string
 	return c.String()
 }
 
-func drawAutocorrelation(a *evidence.Autocorrelation) string {
+// drawCorrelogram plots a correlation curve by lag with its peak marked;
+// harmonics marks the multiples of the peak lag (an autocorrelation's
+// period).
+func drawCorrelogram(a *evidence.Correlogram, kind, title string, harmonics bool) string {
 	const h = 330.0
-	c := newSVG("autocorrelation", "Autocorrelation", plotWidth, h)
-	c.text(marginLeft, 17, "start", "#222", 13, fmt.Sprintf("Autocorrelation of %s %s", a.VMI, a.Event), "font-weight", "bold")
+	c := newSVG(kind, title, plotWidth, h)
+	c.text(marginLeft, 17, "start", "#222", 13, title, "font-weight", "bold")
 	lagMs := float64(a.LagStepNs) / 1e6
-	xmax := float64(len(a.Values)-1) * lagMs
+	xmin := float64(a.FirstLagNs) / 1e6
+	xmax := xmin + float64(len(a.Values)-1)*lagMs
 	ymin, ymax := -0.2, 1.0
 	for _, v := range a.Values {
 		ymin = math.Min(ymin, v)
 		ymax = math.Max(ymax, v)
 	}
-	f := frame{x: marginLeft, y: 30, w: plotWidth - marginLeft - marginRight, h: h - 80, xmin: 0, xmax: xmax, ymin: math.Floor(ymin*10) / 10, ymax: ymax}
-	c.axes(f, ticks(0, xmax, 12), ticks(f.ymin, f.ymax, 6), trimZero, func(v float64) string { return fmt.Sprintf("%.1f", v) }, "lag (ms)", "autocorrelation")
+	f := frame{x: marginLeft, y: 30, w: plotWidth - marginLeft - marginRight, h: h - 80, xmin: xmin, xmax: xmax, ymin: math.Floor(ymin*10) / 10, ymax: ymax}
+	c.axes(f, ticks(xmin, xmax, 12), ticks(f.ymin, f.ymax, 6), trimZero, func(v float64) string { return fmt.Sprintf("%.1f", v) }, "lag (ms)", "correlation")
 	c.line(f.x, f.Y(0), f.x+f.w, f.Y(0), "#999", 1, "")
-	if a.PeakLagNs > 0 {
-		peakMs := float64(a.PeakLagNs) / 1e6
-		for k := 2.0; k*peakMs <= xmax; k++ {
+	if peakMs := float64(a.PeakLagNs) / 1e6; harmonics && peakMs > 0 {
+		for k := 2.0; k*peakMs <= xmax && k < 200; k++ {
 			c.line(f.X(k*peakMs), f.y, f.X(k*peakMs), f.y+f.h, "#ff7f0e", 1, "2,4", "class", "harmonic")
 		}
 	}
@@ -304,10 +317,10 @@ func drawAutocorrelation(a *evidence.Autocorrelation) string {
 	xs := make([]float64, len(a.Values))
 	ys := make([]float64, len(a.Values))
 	for i, v := range a.Values {
-		xs[i], ys[i] = f.X(float64(i)*lagMs), f.Y(v)
+		xs[i], ys[i] = f.X(xmin+float64(i)*lagMs), f.Y(v)
 	}
 	c.polyline(xs, ys, victimColour, 1.6, "class", "curve", "data-series", a.VMI+" "+string(a.Event))
-	if a.PeakLagNs > 0 {
+	if a.PeakLagNs != 0 || a.PeakValue != 0 {
 		px, py := f.X(float64(a.PeakLagNs)/1e6), f.Y(a.PeakValue)
 		c.circle(px, py, 7, "#d62728", "none", "class", "peak", "data-lag-ns", fmt.Sprint(a.PeakLagNs), "data-value", fmt.Sprintf("%.4f", a.PeakValue))
 		c.text(px+11, py-8, "start", "#d62728", 12, fmt.Sprintf("peak %.2f at %s", a.PeakValue, time.Duration(a.PeakLagNs)), "font-weight", "bold")

@@ -83,6 +83,7 @@ type Pair struct {
 	A, B                  string
 	Window                time.Duration
 	SMTSibling, SharedLLC time.Duration
+	Handovers             int64
 }
 
 // Plot is one SVG figure.
@@ -174,7 +175,7 @@ func Build(in Input) *Report {
 	if s != nil {
 		r.Host = hostFacts(s.Host)
 		for _, c := range s.CoScheduling {
-			r.Pairs = append(r.Pairs, Pair{A: c.A, B: c.B, Window: time.Duration(c.WindowNs), SMTSibling: time.Duration(c.SMTSiblingNs), SharedLLC: time.Duration(c.SharedLLCNs)})
+			r.Pairs = append(r.Pairs, Pair{A: c.A, B: c.B, Window: time.Duration(c.WindowNs), SMTSibling: time.Duration(c.SMTSiblingNs), SharedLLC: time.Duration(c.SharedLLCNs), Handovers: c.Handovers})
 		}
 		for _, n := range s.Trimmed {
 			r.Trimmed = append(r.Trimmed, n.Stage+": "+n.Detail)
@@ -420,6 +421,9 @@ func figures(f *v1alpha1.ThreatFinding, s *evidence.Snapshot) []Fact {
 		d := s.Detector
 		if a := d.Autocorrelation; a != nil {
 			out = append(out, Fact{"Autocorrelation (snapshot)", fmt.Sprintf("peak %.3f at lag %s on %s %s (threshold %.2f)", a.PeakValue, time.Duration(a.PeakLagNs), a.VMI, a.Event, a.Threshold)})
+		}
+		if x := d.CrossCorrelation; x != nil {
+			out = append(out, Fact{"Cross-correlation (snapshot)", fmt.Sprintf("peak %.3f at lag %s between %s", x.PeakValue, time.Duration(x.PeakLagNs), strings.ReplaceAll(x.VMI, "+", " and "))})
 		}
 		for _, b := range d.Bursts {
 			out = append(out, Fact{"Bursts (snapshot)", fmt.Sprintf("%s %s: %d bursts, mean period %s, %.0f locks/s inside", b.VMI, b.Event, len(b.TimesNs), time.Duration(b.MeanPeriodNs), b.LocksPerSecond)})

@@ -54,7 +54,7 @@ var scenarios = []struct {
 	md    []string // text the Markdown must have
 }{
 	{"covert channel", evidencetest.CovertChannel,
-		[]string{"event-trains", "event-trains-overview", "autocorrelation", "co-scheduling"},
+		[]string{"event-trains", "event-trains-overview", "autocorrelation", "cross-correlation", "co-scheduling"},
 		[]string{"# Incident report: CacheCovertChannel against payments/payments-db", "cache-sync", "send_bit", "receive_bit", "peak 0.", "at 20ms", "^ onset"}},
 	{"prime+probe", evidencetest.PrimeProbe,
 		[]string{"event-trains", "event-trains-overview", "phase-correlation", "co-scheduling"},

@@ -281,11 +281,12 @@ func CovertChannel(seed uint64) *Scenario {
 	s.Detector = evidence.Detector{
 		Name:  "cache-oscillation/v1",
 		Score: 0.86,
-		Autocorrelation: &evidence.Autocorrelation{
+		Autocorrelation: &evidence.Correlogram{
 			VMI: receiver.vmi.Key(), Event: v1alpha1.EventLLCMisses, LagStepNs: int64(step),
 			Values: curve, PeakLagNs: int64(peakLag) * int64(step), PeakValue: peak, Threshold: threshold,
 		},
-		EventRates: rates(s.Series, v1alpha1.EventLLCMisses, from, to),
+		CrossCorrelation: crossCorrelation(victim.vmi.Key()+"+"+receiver.vmi.Key(), misses[victim.vmi.Key()][from:to], rx[from:to], 10),
+		EventRates:       rates(s.Series, v1alpha1.EventLLCMisses, from, to),
 		Figures: map[string]float64{
 			"bitsPerSecond":    float64(time.Second / period),
 			"periodJitterMs":   0.21,
@@ -731,7 +732,10 @@ func coSchedule(g *gen, a, b string, smt, llc float64) evidence.CoScheduling {
 		smtNs += o.SMTSibling[i] * float64(ostep)
 		llcNs += o.SharedLLC[i] * float64(ostep)
 	}
-	return evidence.CoScheduling{A: a, B: b, WindowNs: int64(windowTo - windowFrom), SMTSiblingNs: int64(smtNs), SharedLLCNs: int64(llcNs), Overlap: o}
+	// vCPUs of the pair follow each other on a CPU now and then when the
+	// host is busy; more often the more they share a core.
+	handovers := int64(smt*90*(windowTo-windowFrom).Seconds() + g.rng.Float64()*6)
+	return evidence.CoScheduling{A: a, B: b, WindowNs: int64(windowTo - windowFrom), SMTSiblingNs: int64(smtNs), SharedLLCNs: int64(llcNs), Handovers: handovers, Overlap: o}
 }
 
 func clamp01(v float64) float64 { return math.Max(0, math.Min(1, v)) }
@@ -774,6 +778,21 @@ func Peak(curve []float64, threshold float64) (lag int, value float64) {
 		}
 	}
 	return 0, 0
+}
+
+// crossCorrelation correlates x with y shifted by -maxLag..maxLag steps.
+func crossCorrelation(vmis string, x, y []float64, maxLag int) *evidence.Correlogram {
+	c := &evidence.Correlogram{VMI: vmis, Event: v1alpha1.EventLLCMisses, FirstLagNs: -int64(maxLag) * int64(step), LagStepNs: int64(step)}
+	best := math.Inf(-1)
+	for k := -maxLag; k <= maxLag; k++ {
+		lo, hi := max(0, -k), min(len(x), len(y)-k)
+		v := Pearson(x[lo:hi], y[lo+k:hi+k])
+		c.Values = append(c.Values, v)
+		if v > best {
+			best, c.PeakLagNs, c.PeakValue = v, int64(k)*int64(step), v
+		}
+	}
+	return c
 }
 
 // Pearson is the correlation coefficient of x and y.

@@ -1,4 +1,7 @@
-package evidence_test
+// Package storetest checks evidence storage against a real API server, as
+// the node agent uses it. It lives apart from package evidence so that the
+// evidence fuzz targets do not start a control plane in every fuzz worker.
+package storetest
 
 import (
 	"context"
