@@ -222,6 +222,9 @@ type Stats struct {
 	// RingGrowths counts sample rings reopened larger after the kernel
 	// dropped samples.
 	RingGrowths uint64
+	// RingBytes is the memory mapped for sample rings (it becomes resident
+	// as samples fill it).
+	RingBytes int
 	// Unavailable maps an event name to why it cannot be counted here.
 	Unavailable map[string]string
 	// BranchStack is true when branch stacks are being recorded; when

@@ -281,6 +281,7 @@ func TestFindingFloodIsBounded(t *testing.T) {
 	}
 	st := w.Stats()
 	writes := st.Created + st.Updated
+	t.Logf("%d detections: %d creates, %d updates, %d throttled, %d dropped", st.Detections, st.Created, st.Updated, st.Throttled, st.Dropped)
 	// At most the burst plus 2/s over 20 s.
 	if writes > 5+2*20+1 {
 		t.Errorf("%d writes in 20 s, want at most %d", writes, 5+2*20+1)

@@ -651,7 +651,7 @@ func (c *Collector) wake() {
 	}
 }
 
-// growRingsLocked reopens, with a ring twice as large, the threads whose
+// growRingsLocked reopens, with a ring four times as large, the threads whose
 // samples the kernel dropped since the last tick. The thread loses one
 // interval's counts (the new groups start a new baseline); samples are
 // what the ring is for, and a bigger ring for the few busiest vCPUs costs
@@ -666,7 +666,7 @@ func (c *Collector) growRingsLocked() {
 		if v.ring == nil || pages >= maxRingPages {
 			continue
 		}
-		c.ringPages[v.tid] = pages * 2
+		c.ringPages[v.tid] = min(pages*4, maxRingPages)
 		t := collect.Thread{Stream: v.stream, PID: v.pid, TID: v.tid}
 		c.closeVCPULocked(v)
 		nv, err := c.openVCPULocked(t)
@@ -680,7 +680,7 @@ func (c *Collector) growRingsLocked() {
 		c.threads[t.Stream] = nv
 		c.byKey[nv.key] = nv
 		c.ringGrowths.Add(1)
-		c.log.V(1).Info("sample ring grown", "stream", t.Stream, "pages", pages*2)
+		c.log.V(1).Info("sample ring grown", "stream", t.Stream, "pages", c.ringPages[t.TID])
 	}
 }
 
@@ -791,16 +791,19 @@ func monotonicToWall() int64 {
 func (c *Collector) Stats() collect.Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	groups := 0
+	groups, ringBytes := 0, 0
 	for _, v := range c.threads {
 		groups += len(v.groups)
+		if v.ring != nil {
+			ringBytes += len(v.ring.mem)
+		}
 	}
 	un := make(map[string]string, len(c.unavailable))
 	for k, v := range c.unavailable {
 		un[k] = v
 	}
 	return collect.Stats{
-		Threads: len(c.threads), PerfFDs: c.fds, Groups: groups,
+		Threads: len(c.threads), PerfFDs: c.fds, Groups: groups, RingBytes: ringBytes,
 		Samples: c.samples.Load(), Lost: c.lost.Load(), Throttled: c.throttled.Load(),
 		Readings: c.readings.Load(), ReadErrors: c.readErrs.Load(), ThreadsGone: c.threadsGone.Load(),
 		FDBudgetRefused: c.refused.Load(), RingGrowths: c.ringGrowths.Load(), Unavailable: un,
