@@ -25,6 +25,7 @@ import (
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/internal/controlplane"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/internal/guest"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
 	"github.com/sidewatch/sidewatch/node-agent/record"
@@ -163,6 +164,21 @@ func TestRunAgainstTheAPIServer(t *testing.T) {
 	if s.Type != v1alpha1.CacheCovertChannel || s.Victim.Name != "receiver" || s.Victim.UID == "" || s.Node != "n1" ||
 		len(s.Suspects) == 0 || s.Suspects[0].Name != "sender" || finding.Labels[v1alpha1.LabelNode] != "n1" || s.Policy != "protect-receiver" {
 		t.Errorf("finding %+v labels %v", s, finding.Labels)
+	}
+
+	// Its evidence snapshot, as docs/forensics.md says.
+	var snap *evidence.Snapshot
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		_ = k8s.Get(ctx, client.ObjectKeyFromObject(finding), finding)
+		if snap, _, err = evidence.Load(ctx, k8s, finding); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("evidence snapshot: %v", err)
+	}
+	if snap.Host.Node != "n1" || snap.Host.Vendor == "" || snap.Host.LogicalCPUs == 0 || len(snap.Series) == 0 || len(snap.VMIs) < 2 {
+		t.Errorf("snapshot host %+v, %d series, vmis %+v", snap.Host, len(snap.Series), snap.VMIs)
 	}
 
 	// The heartbeat Lease, per the contract, renewed every 2 s with the

@@ -172,6 +172,8 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 		World: watcher, ProcRoot: f.procRoot, Collector: col, Capabilities: caps,
 		Detectors:      agent.DetectFactory(log.WithName("detect"), profileLoader(ctx, k8s, f.namespace), nil),
 		Findings:       findings,
+		Evidence:       true,
+		Host:           hostInfo(caps, f.sysRoot),
 		RescanInterval: f.rescan,
 	}
 	if kl != nil && f.replayPath == "" {

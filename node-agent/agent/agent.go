@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/kernel"
 	"github.com/sidewatch/sidewatch/node-agent/capabilities"
 	"github.com/sidewatch/sidewatch/node-agent/collect"
@@ -108,6 +109,11 @@ type Options struct {
 	// comes from eBPF, not the PMU) and split_locks (KernelSplitLocks).
 	Kernel                           KernelLocks
 	KernelBusLocks, KernelSplitLocks bool
+	// Evidence attaches an evidence snapshot (internal/evidence) to each
+	// detection, which the finding writer stores with the finding; Host is
+	// the node's part of it.
+	Evidence bool
+	Host     evidence.Host
 	// Findings writes detections; nil only counts them.
 	Findings *report.FindingWriter
 	// OnDetection, when set, sees every detection after enrichment.
@@ -139,7 +145,7 @@ type Agent struct {
 	pids          map[discovery.VMIRef]int
 	streams       map[collect.StreamID]bool
 	kthreads      map[int]collect.StreamID
-	addrs         map[discovery.VMIRef]*addrRing
+	history       map[discovery.VMIRef]*vmiHistory
 	unavailable   []string
 	lastNoEvents  string
 	gov           Governance
@@ -191,7 +197,7 @@ func New(opts Options) (*Agent, error) {
 		pids:      map[discovery.VMIRef]int{},
 		streams:   map[collect.StreamID]bool{},
 		kthreads:  map[int]collect.StreamID{},
-		addrs:     map[discovery.VMIRef]*addrRing{},
+		history:   map[discovery.VMIRef]*vmiHistory{},
 		attrQueue: make(chan attributionJob, 64),
 	}
 	a.feed.a = a
@@ -342,7 +348,7 @@ func (a *Agent) applyVMIs(vmis []discovery.VMI, g Governance) {
 		if a.detector != nil {
 			a.detector.Forget(report.VMIRef(ref))
 		}
-		delete(a.addrs, ref)
+		delete(a.history, ref)
 		delete(a.pids, ref)
 		for s := range a.streams {
 			if s.Namespace == ref.Namespace && s.VMI == ref.Name {
@@ -512,13 +518,16 @@ func (f *feeder) name(ev string) string {
 }
 
 func (f *feeder) Reading(r *collect.Reading) {
+	h := f.a.historyOf(r.Stream)
 	d := f.a.detector
-	if d == nil {
-		return
-	}
 	for i, ev := range r.Events {
-		if r.Has(i) {
-			f.a.handle(d.Observe(r.Time, r.Stream, f.name(ev), false, r.Values[i]))
+		if !r.Has(i) {
+			continue
+		}
+		name := f.name(ev)
+		h.addCounter(r.Time, name, r.Values[i])
+		if d != nil {
+			f.a.handle(d.Observe(r.Time, r.Stream, name, false, r.Values[i]))
 		}
 	}
 }
@@ -528,30 +537,35 @@ func (f *feeder) Sample(s *collect.Sample) {
 	if !s.Mode.Guest() {
 		ip = 0 // a host address says nothing about the guest
 	}
-	ref := discovery.VMIRef{Namespace: s.Stream.Namespace, Name: s.Stream.VMI}
+	name := f.name(s.Event)
 	if ip != 0 {
-		ring := f.a.addrs[ref]
-		if ring == nil {
-			ring = &addrRing{}
-			f.a.addrs[ref] = ring
-		}
-		ring.add(ip)
+		f.a.historyOf(s.Stream).addSample(s.Time, s.Stream.VCPU, name, ip)
 	}
 	if d := f.a.detector; d != nil {
-		f.a.handle(d.Observe(s.Time, s.Stream, f.name(s.Event), true, ip))
+		f.a.handle(d.Observe(s.Time, s.Stream, name, true, ip))
 	}
 }
 
 func (f *feeder) BranchTargets(stream collect.StreamID, targets []uint64) {
-	ref := discovery.VMIRef{Namespace: stream.Namespace, Name: stream.VMI}
-	ring := f.a.addrs[ref]
-	if ring == nil {
-		ring = &addrRing{}
-		f.a.addrs[ref] = ring
-	}
+	h := f.a.historyOf(stream)
+	now := f.a.clock.Now().UnixNano()
 	for _, t := range targets {
-		ring.add(t)
+		h.addSample(now, stream.VCPU, "", t)
 	}
+}
+
+func (a *Agent) historyOf(s collect.StreamID) *vmiHistory {
+	ref := discovery.VMIRef{Namespace: s.Namespace, Name: s.VMI}
+	h := a.history[ref]
+	if h == nil {
+		bin := int64(100 * time.Millisecond)
+		if a.collectCfg != nil {
+			bin = int64(a.collectCfg.Interval)
+		}
+		h = newVMIHistory(bin)
+		a.history[ref] = h
+	}
+	return h
 }
 
 // handle enriches detections with what the agent knows (UIDs, the node,
@@ -565,6 +579,9 @@ func (a *Agent) handle(dets []report.Detection) {
 			d.Suspects[i].UID = a.uid(discovery.VMIRef{Namespace: d.Suspects[i].Namespace, Name: d.Suspects[i].Name})
 		}
 		d.Evidence.UnavailableSignals = a.unavailableSignals()
+		if a.opts.Evidence {
+			d.Snapshot = a.snapshot(d, a.clock.Now())
+		}
 		a.setStats(func(s *report.AgentStats) { s.Detections[d.Type]++ })
 		a.log.Info("detection", "type", d.Type, "victim", d.Victim, "score", d.Score, "suspects", len(d.Suspects))
 		job := attributionJob{det: d, victim: a.attributionInput(discovery.VMIRef(d.Victim))}

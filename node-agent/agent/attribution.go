@@ -1,55 +1,13 @@
 package agent
 
 import (
-	"cmp"
 	"context"
-	"slices"
 	"time"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
 	"github.com/sidewatch/sidewatch/node-agent/report"
 )
-
-// addrRingSize bounds the sampled guest addresses remembered per VMI.
-const addrRingSize = 2048
-
-// addrRing keeps a VMI's most recent sampled guest addresses.
-type addrRing struct {
-	buf  [addrRingSize]uint64
-	next int
-	n    int
-}
-
-func (r *addrRing) add(a uint64) {
-	r.buf[r.next] = a
-	r.next = (r.next + 1) % addrRingSize
-	if r.n < addrRingSize {
-		r.n++
-	}
-}
-
-// top returns the k most frequent addresses, most samples first.
-func (r *addrRing) top(k int) []AddrCount {
-	counts := make(map[uint64]int64, r.n)
-	for i := 0; i < r.n; i++ {
-		counts[r.buf[i]]++
-	}
-	out := make([]AddrCount, 0, len(counts))
-	for a, n := range counts {
-		out = append(out, AddrCount{Addr: a, Samples: n})
-	}
-	slices.SortFunc(out, func(x, y AddrCount) int {
-		if c := cmp.Compare(y.Samples, x.Samples); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.Addr, y.Addr)
-	})
-	if len(out) > k {
-		out = out[:k]
-	}
-	return out
-}
 
 // attributionInput is a snapshot, taken in the loop, of what attribution
 // of one VMI needs.
@@ -73,8 +31,8 @@ const maxGuestPrograms = 16
 
 func (a *Agent) attributionInput(ref discovery.VMIRef) attributionInput {
 	in := attributionInput{ref: ref, pid: a.pids[ref]}
-	if r := a.addrs[ref]; r != nil && a.opts.Attributor != nil {
-		in.addrs = r.top(maxAttributedAddrs)
+	if h := a.history[ref]; h != nil && a.opts.Attributor != nil {
+		in.addrs = h.topAddrs(maxAttributedAddrs)
 	}
 	return in
 }

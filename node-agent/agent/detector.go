@@ -121,6 +121,7 @@ func FromDetect(d *detect.Detection) report.Detection {
 		Victim: report.VMIRef{Namespace: d.Victim.Namespace, Name: d.Victim.Name},
 		Score:  clamp(d.Score, 0, 1), Severity: d.Severity, Policy: d.Policy,
 		Time: time.Unix(0, d.TimeNS), FirstSeen: time.Unix(0, d.FirstCrossingNS),
+		Forensics: forensics(d),
 	}
 	if d.FirstCrossingNS == 0 || d.FirstCrossingNS > d.TimeNS {
 		out.FirstSeen = out.Time

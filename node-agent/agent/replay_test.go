@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,11 +10,14 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/node-agent/agent"
 	"github.com/sidewatch/sidewatch/node-agent/collect/replay"
 	"github.com/sidewatch/sidewatch/node-agent/report"
@@ -39,7 +43,15 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 	scheme := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(scheme)
 	_ = v1alpha1.AddToScheme(scheme)
-	k8s := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.ThreatFinding{}).Build()
+	// The fake client gives created objects no UID; the API server does,
+	// and evidence ownership needs it.
+	k8s := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.ThreatFinding{}).
+		WithInterceptorFuncs(interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if obj.GetUID() == "" {
+				obj.SetUID(types.UID(fmt.Sprintf("uid-%d", time.Now().UnixNano())))
+			}
+			return c.Create(ctx, obj, opts...)
+		}}).Build()
 	findings := report.NewFindingWriter(k8s, testr.New(t), nil, report.FindingOptions{Node: "n1"})
 	// 40 s of trace delivered 20 times faster than real time.
 	col := replay.New(testr.New(t), replay.Options{Path: path, Speed: 20})
@@ -47,7 +59,8 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 		Node: "n1", Log: testr.New(t), World: world, Collector: col,
 		Capabilities: v1alpha1.NodeCapabilities{Node: "n1", Monitorable: true},
 		Detectors:    agent.DetectFactory(testr.New(t), nil, nil),
-		Findings:     findings, FlushInterval: 50 * time.Millisecond, DrainInterval: 20 * time.Millisecond,
+		Evidence:     true, Host: evidence.Host{CPUModel: "test CPU", HardwareCounters: true},
+		Findings: findings, FlushInterval: 50 * time.Millisecond, DrainInterval: 20 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -68,10 +81,12 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 		return nil
 	}
 	got := eventually()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}()
 	if got == nil {
 		t.Fatalf("no finding; agent stats %+v, replay rows %v", a.Stats(), func() [2]uint64 { r, s := col.Rows(); return [2]uint64{r, s} }())
 	}
@@ -82,4 +97,32 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 		t.Errorf("finding %+v", s)
 	}
 	t.Logf("finding %s: score %.2f period %v bits/s %v detections %d", got.Name, s.Score, s.Evidence.Period.Duration, *s.Evidence.BitsPerSecond, s.Detections)
+
+	// The evidence snapshot, stored as the forensics contract says: a
+	// ConfigMap owned by the finding, referenced by an annotation.
+	snap, cm, err := evidence.Load(context.Background(), k8s, got)
+	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		_ = k8s.Get(context.Background(), client.ObjectKeyFromObject(got), got)
+		snap, cm, err = evidence.Load(context.Background(), k8s, got)
+	}
+	if err != nil {
+		t.Fatalf("evidence: %v", err)
+	}
+	if cm.Labels[v1alpha1.LabelNode] != "n1" || got.Annotations[evidence.AnnotationRef] == "" {
+		t.Errorf("evidence ConfigMap labels %v, finding annotations %v", cm.Labels, got.Annotations)
+	}
+	roles := map[string]string{}
+	for _, v := range snap.VMIs {
+		roles[v.Name] = v.Role
+	}
+	series := map[string]int{}
+	for _, x := range snap.Series {
+		series[x.VMI+" "+string(x.Event)] = len(x.Values)
+	}
+	if roles["receiver"] != evidence.RoleVictim || roles["sender"] == "" || snap.Host.Node != "n1" || snap.Host.CPUModel != "test CPU" ||
+		series["prod/receiver llc_misses"] < 50 || series["prod/sender llc_misses"] < 50 || len(snap.Samples) == 0 ||
+		snap.Detector.Name == "" || snap.Detector.Autocorrelation == nil || snap.Finding.Name != got.Name {
+		t.Errorf("snapshot: roles %v series %v samples %d detector %+v finding %+v", roles, series, len(snap.Samples), snap.Detector, snap.Finding)
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 )
 
 // VMIRef names a VMI.
@@ -52,6 +53,11 @@ type Detection struct {
 	Time      time.Time
 	FirstSeen time.Time
 	Policy    string
+	// Forensics are the detector's figures for the evidence snapshot;
+	// Snapshot, when set, is stored with the finding (internal/evidence)
+	// when it is created and again when its severity rises.
+	Forensics *evidence.Detector
+	Snapshot  *evidence.Snapshot
 }
 
 // FindingOptions tune the finding writer. Zero values get defaults.
@@ -104,11 +110,19 @@ type entry struct {
 	pending int64
 	last    time.Time // last detection
 	written time.Time // last write
+	// evidence is a snapshot whose storing failed, to retry up to
+	// maxEvidenceTries times.
+	evidence      *evidence.Snapshot
+	evidenceTries int
 }
+
+const maxEvidenceTries = 5
 
 // FindingStats are the writer's totals.
 type FindingStats struct {
 	Detections, Created, Updated, Throttled, Dropped, Errors uint64
+	// EvidenceSaved and EvidenceErrors count evidence snapshot writes.
+	EvidenceSaved, EvidenceErrors uint64
 }
 
 // NewFindingWriter makes a writer.
@@ -174,6 +188,9 @@ func mergeDetection(m *Detection, d Detection) {
 	}
 	if d.Score >= m.Score {
 		m.Score, m.Evidence, m.Detector = d.Score, d.Evidence, d.Detector
+		if d.Snapshot != nil {
+			m.Snapshot, m.Forensics = d.Snapshot, d.Forensics
+		}
 	}
 	if d.Severity.Rank() > m.Severity.Rank() {
 		m.Severity = d.Severity
@@ -232,6 +249,8 @@ func (w *FindingWriter) Flush(ctx context.Context) error {
 		switch {
 		case e.pending > 0 && (e.name == "" || now.Sub(e.written) >= w.opts.MinUpdateInterval):
 			due = append(due, e)
+		case e.evidence != nil && e.name != "":
+			due = append(due, e)
 		case e.pending == 0 && now.Sub(e.last) >= w.opts.Forget:
 			delete(w.entries, k)
 		}
@@ -253,6 +272,13 @@ func (w *FindingWriter) Flush(ctx context.Context) error {
 			w.mu.Lock()
 			w.stats.Throttled++
 			w.mu.Unlock()
+			continue
+		}
+		w.mu.Lock()
+		retryOnly := e.pending == 0
+		w.mu.Unlock()
+		if retryOnly {
+			w.retryEvidence(ctx, e)
 			continue
 		}
 		if err := w.write(ctx, e, now); err != nil {
@@ -298,13 +324,17 @@ func (w *FindingWriter) write(ctx context.Context, e *entry, now time.Time) erro
 	}
 	var err error
 	created := f == nil
+	rose := false
 	if created {
 		f, err = w.create(ctx, d, n)
 	} else {
-		err = w.update(ctx, f, d, n)
+		rose, err = w.update(ctx, f, d, n)
 	}
 	if err != nil {
 		return err
+	}
+	if d.Snapshot != nil && (created || rose) {
+		w.saveEvidence(ctx, e, f, d.Snapshot)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -324,6 +354,51 @@ func (w *FindingWriter) write(ctx context.Context, e *entry, now time.Time) erro
 		w.log.V(1).Info("updated ThreatFinding", "finding", client.ObjectKeyFromObject(f), "detections", f.Spec.Detections)
 	}
 	return nil
+}
+
+// saveEvidence stores a finding's evidence snapshot. A failure does not
+// undo the finding (readers say the snapshot is missing); the snapshot is
+// kept and stored at a later Flush.
+func (w *FindingWriter) saveEvidence(ctx context.Context, e *entry, f *v1alpha1.ThreatFinding, s *evidence.Snapshot) {
+	ref, err := evidence.Save(ctx, w.c, f, s)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		w.stats.EvidenceErrors++
+		if e.evidence != s {
+			e.evidence, e.evidenceTries = s, 0
+		}
+		e.evidenceTries++
+		if e.evidenceTries >= maxEvidenceTries {
+			e.evidence = nil
+			w.log.Error(err, "storing the evidence snapshot failed; giving up", "finding", client.ObjectKeyFromObject(f), "tries", maxEvidenceTries)
+			return
+		}
+		w.log.Error(err, "storing the evidence snapshot; will retry", "finding", client.ObjectKeyFromObject(f))
+		return
+	}
+	w.stats.EvidenceSaved++
+	if e.evidence == s {
+		e.evidence, e.evidenceTries = nil, 0
+	}
+	w.log.V(1).Info("stored the evidence snapshot", "finding", client.ObjectKeyFromObject(f), "configMap", ref.ConfigMapName, "bytes", ref.Bytes, "trimmed", ref.Trimmed)
+}
+
+// retryEvidence stores a snapshot whose first attempt failed.
+func (w *FindingWriter) retryEvidence(ctx context.Context, e *entry) {
+	w.mu.Lock()
+	s, name := e.evidence, e.name
+	w.mu.Unlock()
+	f := &v1alpha1.ThreatFinding{}
+	if err := w.c.Get(ctx, client.ObjectKey{Namespace: e.key.namespace, Name: name}, f); err != nil {
+		if apierrors.IsNotFound(err) {
+			w.mu.Lock()
+			e.evidence = nil // the finding is gone: nothing to attach it to
+			w.mu.Unlock()
+		}
+		return
+	}
+	w.saveEvidence(ctx, e, f, s)
 }
 
 // findActive looks for an open finding of this node about the same
@@ -383,7 +458,7 @@ func (w *FindingWriter) create(ctx context.Context, d Detection, n int64) (*v1al
 	return f, nil
 }
 
-func (w *FindingWriter) update(ctx context.Context, f *v1alpha1.ThreatFinding, d Detection, n int64) error {
+func (w *FindingWriter) update(ctx context.Context, f *v1alpha1.ThreatFinding, d Detection, n int64) (severityRose bool, err error) {
 	before := f.DeepCopy()
 	s := &f.Spec
 	if t := metav1.NewTime(d.Time); t.After(s.LastSeen.Time) {
@@ -397,7 +472,7 @@ func (w *FindingWriter) update(ctx context.Context, f *v1alpha1.ThreatFinding, d
 		}
 	}
 	if sev := severity(d); sev.Rank() > s.Severity.Rank() {
-		s.Severity = sev
+		s.Severity, severityRose = sev, true
 	}
 	s.Suspects = mergeSuspects(s.Suspects, d.Suspects)
 	if len(d.VictimGuest) > 0 {
@@ -411,9 +486,9 @@ func (w *FindingWriter) update(ctx context.Context, f *v1alpha1.ThreatFinding, d
 	// merge patch keeps the operator's concurrent status writes out of
 	// the way.
 	if err := w.c.Patch(ctx, f, client.MergeFrom(before)); err != nil {
-		return fmt.Errorf("report: update finding %s/%s: %w", f.Namespace, f.Name, err)
+		return false, fmt.Errorf("report: update finding %s/%s: %w", f.Namespace, f.Name, err)
 	}
-	return nil
+	return severityRose, nil
 }
 
 // Stats returns the writer's totals.

@@ -21,6 +21,7 @@ import (
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/internal/controlplane"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/node-agent/report"
 )
 
@@ -164,7 +165,11 @@ func TestFindingLifecycle(t *testing.T) {
 
 	// First detection: one finding, labelled for the operator and the
 	// node-restriction admission policy.
-	w.Report(detection(ns, "victim", v1alpha1.CacheCovertChannel, 0.75, t0, "spy"))
+	first := detection(ns, "victim", v1alpha1.CacheCovertChannel, 0.75, t0, "spy")
+	first.Snapshot = &evidence.Snapshot{CapturedAt: t0, Onset: t0.Add(-2 * time.Second),
+		VMIs: []evidence.VMI{{Namespace: ns, Name: "victim", Role: evidence.RoleVictim}, {Namespace: ns, Name: "spy", Role: "Sender"}},
+		Host: evidence.Host{Node: "node-a"}}
+	w.Report(first)
 	if err := w.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +183,14 @@ func TestFindingLifecycle(t *testing.T) {
 	}
 	if !strings.HasPrefix(f.Name, "victim-cache-covert-") {
 		t.Errorf("name %s", f.Name)
+	}
+	// The evidence snapshot is stored with it (docs/forensics.md).
+	if snap, cm, err := evidence.Load(ctx, k8s, &f); err != nil || snap.Finding.UID != f.UID || cm.Labels[v1alpha1.LabelNode] != "node-a" ||
+		f.Annotations[evidence.AnnotationRef] == "" {
+		t.Errorf("evidence: %v (annotations %v)", err, f.Annotations)
+	}
+	if st := w.Stats(); st.EvidenceSaved != 1 || st.EvidenceErrors != 0 {
+		t.Errorf("evidence stats %+v", st)
 	}
 	s := f.Spec
 	if s.Node != "node-a" || s.Victim.Name != "victim" || s.Victim.UID != "uid-victim" || s.Severity != v1alpha1.SeverityHigh ||
