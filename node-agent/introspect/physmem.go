@@ -265,8 +265,8 @@ func (p *procMemBacking) readAt(b []byte, off uint64) error {
 }
 
 func (p *procMemBacking) slice(off, n uint64) []byte { return nil }
-func (p *procMemBacking) size() uint64             { return p.len }
-func (p *procMemBacking) close() error             { return p.f.Close() }
+func (p *procMemBacking) size() uint64               { return p.len }
+func (p *procMemBacking) close() error               { return p.f.Close() }
 
 // bytesBacking serves guest RAM from a byte slice (tests, fuzzing).
 type bytesBacking []byte
