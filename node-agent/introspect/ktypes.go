@@ -15,6 +15,7 @@ type kernelTypes struct {
 	listNext uint64 // list_head.next
 
 	taskTasks, taskPID, taskTGID, taskComm, taskRealParent, taskMM, taskFlags uint64
+	taskActiveMM                                                              uint64
 	taskCommLen                                                               uint64
 
 	mmPGD, mmMapCount, mmStartBrk, mmBrk, mmStartStack uint64
@@ -226,6 +227,7 @@ func extractTypes(spec *btf.Spec) (*kernelTypes, error) {
 	f(&k.taskRealParent, "task_struct", "real_parent")
 	f(&k.taskMM, "task_struct", "mm")
 	f(&k.taskFlags, "task_struct", "flags")
+	f(&k.taskActiveMM, "task_struct", "active_mm")
 	if _, t, err := fieldOf(spec, "task_struct", "comm"); err == nil {
 		k.taskCommLen = uint64(arrayLen(t))
 	}
