@@ -70,8 +70,8 @@ var ErrLimit = errors.New("introspection limit reached")
 var ErrInconsistent = errors.New("inconsistent guest data")
 
 const (
-	pidMax      = 4 << 20 // PID_MAX_LIMIT
-	pfKthread   = 0x00200000
+	pidMax    = 4 << 20 // PID_MAX_LIMIT
+	pfKthread = 0x00200000
 	// kernelSpace is the lowest kernel address with 5-level paging (the
 	// 4-level kernel half, 0xffff800000000000 up, lies inside it).
 	kernelSpace = 0xff00000000000000
