@@ -369,35 +369,14 @@ func (c markerCandidate) fits(n uint64) bool {
 // start with 0 and increase, and whose end leaves a gap a seqs table could
 // fill.
 func markerCandidates(r memReader, tokenTable uint64) ([]markerCandidate, error) {
-	const window = 8 << 20
-	lo := uint64(0)
-	if tokenTable > window {
-		lo = tokenTable - window
-	}
-	lo = align8(lo)
+	lo, buf := readBack(r, tokenTable, 8<<20)
 	var out []markerCandidate
-	var w [4]byte
-	u32 := func(va uint64) (uint32, bool) {
-		if r.read(w[:], va) != nil {
-			return 0, false
-		}
-		return le32(w[:]), true
-	}
-	// Read the window once; fall back to per-word reads near holes.
-	buf := make([]byte, tokenTable-lo)
-	whole := r.read(buf, lo) == nil
-	at := func(va uint64) (uint32, bool) {
-		if whole {
-			return le32(buf[va-lo:]), true
-		}
-		return u32(va)
-	}
+	at := func(va uint64) uint32 { return le32(buf[va-lo:]) }
 	for s := tokenTable - 8; s >= lo && s+8 > lo; s -= 8 {
-		if v, ok := at(s); !ok || v != 0 {
+		if at(s) != 0 {
 			continue
 		}
-		var ms []uint32
-		ms = append(ms, 0)
+		ms := []uint32{0}
 		for p := s + 4; p+4 <= tokenTable; p += 4 {
 			gap := tokenTable - align8(p)
 			nm := uint64(len(ms))
@@ -408,8 +387,8 @@ func markerCandidates(r memReader, tokenTable uint64) ([]markerCandidate, error)
 					return out, nil
 				}
 			}
-			v, ok := at(p)
-			if !ok || v <= ms[len(ms)-1] || v-ms[len(ms)-1] > 256*(maxSymLen+2) {
+			v := at(p)
+			if v <= ms[len(ms)-1] || v-ms[len(ms)-1] > 256*(maxSymLen+2) {
 				break
 			}
 			ms = append(ms, v)
@@ -424,6 +403,27 @@ func markerCandidates(r memReader, tokenTable uint64) ([]markerCandidate, error)
 	return out, nil
 }
 
+// readBack reads up to max bytes of contiguous readable memory that end at
+// end (8-aligned), in chunks going backwards until a read fails.
+func readBack(r memReader, end, max uint64) (uint64, []byte) {
+	const chunk = 64 << 10
+	var chunks [][]byte
+	lo := end
+	for end-lo < max && lo >= chunk {
+		c := make([]byte, chunk)
+		if r.read(c, lo-chunk) != nil {
+			break
+		}
+		chunks = append(chunks, c)
+		lo -= chunk
+	}
+	buf := make([]byte, 0, end-lo)
+	for i := len(chunks) - 1; i >= 0; i-- {
+		buf = append(buf, chunks[i]...)
+	}
+	return lo, buf
+}
+
 // namesBefore finds kallsyms_names ending right before markers at mAt: the
 // 8-aligned start whose preceding u32 (kallsyms_num_syms) counts as many
 // symbols as the markers index, and from which the names decode to the
@@ -434,23 +434,16 @@ func namesBefore(r memReader, mAt uint64, markers []uint32) ([]byte, uint32, uin
 	if last > maxNamesBytes || last+16 >= mAt {
 		return nil, 0, 0, false
 	}
-	// The last 256 names take at most 256*(maxSymLen+2) bytes; typical
-	// kernels need a few KiB.
-	var w [4]byte
-	for p := (mAt - last - 1) &^ 7; p > 8 && mAt-p <= last+256*(maxSymLen+2); p -= 8 {
-		if r.read(w[:], p-8) != nil {
-			return nil, 0, 0, false
-		}
-		n := le32(w[:])
+	// The last 256 names take at most 256 entries of KSYM_NAME_LEN (512)
+	// plus a two-byte length.
+	lo, buf := readBack(r, mAt, last+256*514+16)
+	for p := (mAt - last - 1) &^ 7; p >= lo+8 && p < mAt; p -= 8 {
+		n := le32(buf[p-8-lo:])
 		if n == 0 || (uint64(n)+255)/256 != nm || n > maxKallsyms {
 			continue
 		}
-		buf := make([]byte, mAt-p)
-		if r.read(buf, p) != nil {
-			continue
-		}
-		if end, ok := checkNames(buf, n, markers); ok {
-			return buf[:end], n, p, true
+		if end, ok := checkNames(buf[p-lo:], n, markers); ok {
+			return buf[p-lo : p-lo+end], n, p, true
 		}
 	}
 	return nil, 0, 0, false

@@ -111,14 +111,21 @@ type mapping struct {
 	va, pa, size uint64
 }
 
-// maxMappings bounds how many runs a range enumeration returns.
-const maxMappings = 1 << 16
+// maxMappings bounds how many runs a range enumeration returns, and
+// maxTableReads the page-table entries it reads (a 1 GiB window of 4 KiB
+// pages is 2^18 entries).
+const (
+	maxMappings   = 1 << 16
+	maxTableReads = 1 << 20
+)
 
 // mappings enumerates the present pages in [start, end) as runs that are
 // contiguous in both spaces. It walks the tables rather than translating
 // every page, so an unmapped 512 GiB slot costs one read.
 func (m *mmu) mappings(start, end uint64) ([]mapping, error) {
 	var out []mapping
+	// Hostile tables can point back at themselves: bound the entries read.
+	budget := maxTableReads
 	var walk func(table uint64, level int, base uint64) error
 	walk = func(table uint64, level int, base uint64) error {
 		shift := uint(12 + 9*(level-1))
@@ -134,6 +141,9 @@ func (m *mmu) mappings(start, end uint64) ([]mapping, error) {
 			}
 			if va >= end {
 				return nil
+			}
+			if budget--; budget < 0 {
+				return fmt.Errorf("paging: more than %d table entries read for %#x-%#x: %w", maxTableReads, start, end, ErrUnmapped)
 			}
 			ent, err := m.mem.u64(table + idx*8)
 			if err != nil {

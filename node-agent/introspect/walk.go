@@ -371,12 +371,13 @@ func (w *mapleWalker) node(enode, min, max uint64, depth int) error {
 		hi := max
 		if i < npiv {
 			hi = pivot(i)
+			// The last used slot's pivot may be left 0: it ends at the
+			// node's max.
+			if hi == 0 && i == end && i > 0 {
+				hi = max
+			}
 		}
 		if hi < lo || hi > max {
-			// A zero pivot past the data ends the node.
-			if hi == 0 && i > 0 {
-				break
-			}
 			return fmt.Errorf("maple node %#x: pivot %d (%#x) outside %#x-%#x: %w", node, i, hi, lo, max, ErrInconsistent)
 		}
 		entry := le64(buf[slotOff+8*uint64(i):])
