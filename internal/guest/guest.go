@@ -340,6 +340,12 @@ func (g *Guest) VCPUThreads() (map[int]string, error) {
 	return out, nil
 }
 
+// ParseGroundTruth reads the ground truth from a saved console log (what
+// Guest.Console returned), e.g. kept next to a memory snapshot.
+func ParseGroundTruth(console string) (GroundTruth, error) {
+	return parseGroundTruth(console)
+}
+
 func parseGroundTruth(console string) (GroundTruth, error) {
 	begin := strings.Index(console, "SIDEWATCH-GROUND-TRUTH-BEGIN")
 	end := strings.Index(console, "SIDEWATCH-GROUND-TRUTH-END")
