@@ -140,46 +140,36 @@ func TestCrowdSnapshot(t *testing.T) {
 	t.Logf("%d processes, %d mappings, refresh %v, %d bytes per guest, %d shared kernel bytes", st.Processes, st.Mappings, st.LastRefresh, st.MemoryBytes, st.SharedKernelBytes)
 }
 
-// crowdTarget is an address inside victim_modexp in one of the idlers.
-func crowdTarget(b *testing.B, g *Guest) Query {
-	ctx := context.Background()
-	f, err := elf.Open(crowd.lib)
+// libOffset is the file offset of victim_modexp in the built library.
+func libOffset(tb testing.TB, lib string) uint64 {
+	f, err := elf.Open(lib)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer f.Close()
 	syms, err := f.DynamicSymbols()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	var fileOff uint64
 	for _, s := range syms {
 		for _, p := range f.Progs {
 			if s.Name == "victim_modexp" && p.Type == elf.PT_LOAD && s.Value >= p.Vaddr && s.Value < p.Vaddr+p.Filesz {
-				fileOff = s.Value - p.Vaddr + p.Off
+				return s.Value - p.Vaddr + p.Off
 			}
 		}
 	}
-	procs, err := g.Processes(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, p := range procs {
-		if p.Comm != "idler" {
-			continue
-		}
-		maps, err := g.Maps(ctx, p.PID)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, m := range maps {
-			if m.Path == "/lib/libvictim.so" && fileOff >= m.Offset && fileOff-m.Offset < m.End-m.Start {
-				return Query{Address: m.Start + fileOff - m.Offset + 0x10, PID: p.PID, VCPU: -1}
-			}
+	tb.Fatal("no victim_modexp in libvictim.so")
+	return 0
+}
+
+// libAddress is where victim_modexp+0x10 is in a process with these maps.
+func libAddress(maps []Mapping, fileOff uint64) (uint64, bool) {
+	for _, m := range maps {
+		if m.Path == "/lib/libvictim.so" && fileOff >= m.Offset && fileOff-m.Offset < m.End-m.Start {
+			return m.Start + fileOff - m.Offset + 0x10, true
 		}
 	}
-	b.Fatal("no idler maps libvictim.so")
-	return Query{}
+	return 0, false
 }
 
 var sinkAttribution Attribution
@@ -189,18 +179,54 @@ var sinkAttribution Attribution
 func BenchmarkResolveWarm(b *testing.B) {
 	g := openCrowd(b, Options{MaxAge: time.Hour})
 	ctx := context.Background()
-	user := crowdTarget(b, g)
-	kernel := Query{Address: g.Kernel().Text + 0x100, VCPU: 0}
-	for _, bc := range []struct {
+	off := libOffset(b, crowd.lib)
+	procs, err := g.Processes(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var byPID Query
+	for _, p := range procs {
+		if p.Comm == "idler" {
+			maps, _ := g.Maps(ctx, p.PID)
+			if addr, ok := libAddress(maps, off); ok {
+				byPID = Query{Address: addr, PID: p.PID, VCPU: -1}
+				break
+			}
+		}
+	}
+	// The busy victim runs on one of the vCPUs in the snapshot.
+	vcpus, err := g.VCPUs(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cases := []struct {
 		name string
 		q    Query
-	}{{"user-by-pid", user}, {"user-by-vcpu", Query{Address: user.Address, VCPU: 0}}, {"kernel", kernel}} {
+	}{{"user-by-pid", byPID}, {"kernel", Query{Address: g.Kernel().Text + 0x100, VCPU: 0}}}
+	for _, v := range vcpus {
+		if v.PID != crowd.truth.VictimPID {
+			continue
+		}
+		maps, _ := g.Maps(ctx, v.PID)
+		addr, _ := libAddress(maps, off)
+		cases = append(cases,
+			struct {
+				name string
+				q    Query
+			}{"user-by-vcpu-observed", Query{Address: addr, VCPU: v.Index, At: v.At}},
+			struct {
+				name string
+				q    Query
+			}{"user-by-vcpu-now", Query{Address: addr, VCPU: v.Index}})
+		break
+	}
+	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {
 			a, err := g.Resolve(ctx, bc.q)
-			if err != nil && bc.name != "user-by-vcpu" {
+			if err != nil {
 				b.Fatal(err)
 			}
-			if bc.name == "user-by-pid" && a.Symbol != "victim_modexp" {
+			if !a.Kernel && a.Symbol != "victim_modexp" {
 				b.Fatalf("resolved to %+v", a)
 			}
 			b.ReportAllocs()

@@ -172,6 +172,16 @@ func checkGuest(ctx context.Context, t *testing.T, g *guest.Guest, gi *Guest) {
 			t.Errorf("%#x resolved to %+v, want %s+0x3", want+3, a, name)
 		}
 	}
+	// Reads race with the running guest: refresh again and again; every
+	// pass must find the victim and its library, whatever else tears.
+	for i := 0; i < 20; i++ {
+		if err := gi.Refresh(ctx); err != nil {
+			t.Logf("refresh %d: partial: %v", i, err)
+		}
+		if _, err := gi.Maps(ctx, truth.VictimPID); err != nil {
+			t.Errorf("refresh %d: victim maps: %v", i, err)
+		}
+	}
 	st := gi.Stats()
 	t.Logf("stats: %+v", st)
 	if st.MemoryBytes <= 0 || st.SharedKernelBytes <= 0 {

@@ -369,7 +369,17 @@ func (c markerCandidate) fits(n uint64) bool {
 // start with 0 and increase, and whose end leaves a gap a seqs table could
 // fill.
 func markerCandidates(r memReader, tokenTable uint64) ([]markerCandidate, error) {
-	lo, buf := readBack(r, tokenTable, 8<<20)
+	// 1 MiB covers a seqs table of 300,000 symbols (a distribution kernel
+	// has ~100,000); look further only when that finds nothing.
+	out, err := markerCandidatesIn(r, tokenTable, 1<<20)
+	if err != nil {
+		return markerCandidatesIn(r, tokenTable, 8<<20)
+	}
+	return out, nil
+}
+
+func markerCandidatesIn(r memReader, tokenTable, window uint64) ([]markerCandidate, error) {
+	lo, buf := readBack(r, tokenTable, window)
 	var out []markerCandidate
 	at := func(va uint64) uint32 { return le32(buf[va-lo:]) }
 	for s := tokenTable - 8; s >= lo && s+8 > lo; s -= 8 {
