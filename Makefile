@@ -40,8 +40,9 @@ generate: manifests ## Generate deepcopy code, CRDs and RBAC.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: ## Generate the sidewatch CRDs into config/crd/bases.
+manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/).
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
+	cp config/crd/bases/*.yaml charts/sidewatch/crds/
 
 .PHONY: kubevirt-crds
 kubevirt-crds: ## Regenerate the KubeVirt VMI and VMIM CRDs used by tests and the demo.

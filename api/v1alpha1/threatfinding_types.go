@@ -228,7 +228,8 @@ type FindingPhase string
 const (
 	// PhaseDetected: recorded; the response has not started (or waits).
 	PhaseDetected FindingPhase = "Detected"
-	// PhaseMitigating: a migration of the victim is in flight.
+	// PhaseMitigating: a migration of the victim is in flight, or a failed
+	// one waits for its retry (status.migration.nextAttemptTime).
 	PhaseMitigating FindingPhase = "Mitigating"
 	// PhaseMitigated: the victim left the affected node, or the policy only
 	// alerts and the alert was raised.
@@ -280,6 +281,11 @@ type MigrationStatus struct {
 	// nextAttemptTime is when a failed migration will be tried again.
 	// +optional
 	NextAttemptTime *metav1.Time `json:"nextAttemptTime,omitempty"`
+	// lastFailure says why the last failed attempt failed, as KubeVirt or
+	// the API server reported it.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	LastFailure string `json:"lastFailure,omitempty"`
 }
 
 // EvidenceSnapshotRef points at the compressed evidence snapshot the finding

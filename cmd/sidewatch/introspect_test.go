@@ -14,7 +14,7 @@ import (
 )
 
 // runCLI runs the sidewatch CLI in-process and returns stdout and the error.
-func runCLI(args ...string) (string, error) {
+func runIntrospectCLI(args ...string) (string, error) {
 	root := newRootCommand()
 	var out bytes.Buffer
 	root.SetOut(&out)
@@ -42,7 +42,7 @@ func TestIntrospectUsageErrors(t *testing.T) {
 		{[]string{"introspect", "--qmp", "/nonexistent.sock", "--memory", "/y", "ps"}, "qmp: connect"},
 	} {
 		t.Run(strings.Join(tc.args[1:], " "), func(t *testing.T) {
-			_, err := runCLI(tc.args...)
+			_, err := runIntrospectCLI(tc.args...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got error %v, want one containing %q", err, tc.want)
 			}
@@ -51,7 +51,7 @@ func TestIntrospectUsageErrors(t *testing.T) {
 			}
 		})
 	}
-	out, err := runCLI("introspect", "--help")
+	out, err := runIntrospectCLI("introspect", "--help")
 	if err != nil || !strings.Contains(out, "resolve ADDR [--vcpu N] [--pid PID]") {
 		t.Errorf("--help: %v\n%s", err, out)
 	}
@@ -73,7 +73,7 @@ func TestIntrospectCLI(t *testing.T) {
 	for _, ram := range [][]string{{"--memory", g.MemoryFile}, {"--pid", fmt.Sprint(g.PID)}} {
 		base := append([]string{"introspect", "--qmp", g.QMPSocket}, ram...)
 		t.Run(ram[0], func(t *testing.T) {
-			out, err := runCLI(append(base, "ps")...)
+			out, err := runIntrospectCLI(append(base, "ps")...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -94,7 +94,7 @@ func TestIntrospectCLI(t *testing.T) {
 				t.Errorf("ps lacks the victim (pid %d):\n%s", victim, out)
 			}
 
-			out, err = runCLI(append(base, "maps", fmt.Sprint(victim))...)
+			out, err = runIntrospectCLI(append(base, "maps", fmt.Sprint(victim))...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +127,7 @@ func TestIntrospectCLI(t *testing.T) {
 			}
 			// The start of the library's text mapping resolves to the file
 			// offset of that mapping.
-			out, err = runCLI(append(base, "resolve", fmt.Sprintf("%#x", lib.Start+0x10), "--pid", fmt.Sprint(victim))...)
+			out, err = runIntrospectCLI(append(base, "resolve", fmt.Sprintf("%#x", lib.Start+0x10), "--pid", fmt.Sprint(victim))...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,7 +140,7 @@ func TestIntrospectCLI(t *testing.T) {
 			}
 			// A kernel address through a vCPU.
 			sched := g.Truth.KernelSymbols["schedule"]
-			out, err = runCLI(append(base, "resolve", fmt.Sprintf("%#x", sched+1), "--vcpu", "0")...)
+			out, err = runIntrospectCLI(append(base, "resolve", fmt.Sprintf("%#x", sched+1), "--vcpu", "0")...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -149,10 +149,10 @@ func TestIntrospectCLI(t *testing.T) {
 			}
 			// Failures: a user address without a process, a pid the
 			// guest does not run.
-			if _, err := runCLI(append(base, "resolve", "0x400000")...); err == nil {
+			if _, err := runIntrospectCLI(append(base, "resolve", "0x400000")...); err == nil {
 				t.Error("resolve of a user address without --pid or --vcpu succeeded")
 			}
-			if _, err := runCLI(append(base, "maps", "99999")...); err == nil || !strings.Contains(err.Error(), "no such guest process") {
+			if _, err := runIntrospectCLI(append(base, "maps", "99999")...); err == nil || !strings.Contains(err.Error(), "no such guest process") {
 				t.Errorf("maps of a missing pid: %v", err)
 			}
 		})
