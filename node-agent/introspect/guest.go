@@ -248,6 +248,7 @@ type snapshot struct {
 	gen   uint64
 	procs []*procState // sorted by pid
 	byPID map[int]*procState
+	byMM  map[uint64]*procState // user processes by mm_struct
 	bytes int64
 }
 
@@ -616,7 +617,7 @@ func (g *Guest) refresh(ctx context.Context) (s *snapshot, err error) {
 		return nil, fmt.Errorf("introspect: %w", walkErr)
 	}
 	g.gen++
-	s = &snapshot{at: start, gen: g.gen, byPID: make(map[int]*procState, len(tasks))}
+	s = &snapshot{at: start, gen: g.gen, byPID: make(map[int]*procState, len(tasks)), byMM: make(map[uint64]*procState, len(tasks))}
 	paths := map[[2]uint64]string{}
 	total := 0
 	var errs []error
@@ -635,9 +636,10 @@ func (g *Guest) refresh(ctx context.Context) (s *snapshot, err error) {
 		s.byPID[p.PID] = p
 		s.procs = append(s.procs, p)
 		s.bytes += 96 + int64(len(p.Comm))
-		if p.Kernel {
+		if p.Kernel || ti.mm == 0 {
 			continue
 		}
+		s.byMM[ti.mm] = p
 		if total >= lim.MaxTotalVMAs {
 			p.mapsErr = fmt.Errorf("introspect: more than %d memory areas in the guest: %w", lim.MaxTotalVMAs, ErrLimit)
 			continue

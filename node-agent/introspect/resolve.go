@@ -79,32 +79,38 @@ func (g *Guest) Resolve(ctx context.Context, q Query) (a Attribution, err error)
 	if s == nil {
 		return a, err
 	}
-	p, ok := s.byPID[a.PID]
-	if !ok || (task != nil && p.mm != task.mm && task.mm != 0) {
-		// A process born (or an exec) since the snapshot.
-		if s, err = g.refreshIfOlder(ctx, 100*time.Millisecond); s == nil {
-			return a, err
+	var p *procState
+	if task != nil && task.kthread {
+		// The idle task or a kernel thread borrowing the previous
+		// process's address space (lazy TLB): a user address belongs to
+		// that process.
+		if p = s.byMM[task.activeMM]; p == nil {
+			if s, err = g.refreshIfOlder(ctx, 100*time.Millisecond); s == nil {
+				return a, err
+			}
+			p = s.byMM[task.activeMM]
 		}
-		if p, ok = s.byPID[a.PID]; !ok {
-			return a, fmt.Errorf("introspect: pid %d: %w", a.PID, ErrNoProcess)
+		if p == nil {
+			return a, fmt.Errorf("introspect: user address %#x on vCPU %d, which runs kernel thread %q (pid %d) without a user address space", q.Address, q.VCPU, task.comm, task.pid)
 		}
-	}
-	a.Comm = p.Comm
-	if p.Kernel {
-		if task != nil && task.activeMM != 0 {
-			// The idle task or a kernel thread borrowing the previous
-			// process's address space: attribute to that process.
-			for _, cand := range s.procs {
-				if cand.mm == task.activeMM {
-					p, a.PID, a.Comm = cand, cand.PID, cand.Comm
-					break
-				}
+		a.PID, a.Comm = p.PID, p.Comm
+	} else {
+		var ok bool
+		p, ok = s.byPID[a.PID]
+		if !ok || (task != nil && p.mm != task.mm) {
+			// A process born (or an exec) since the snapshot.
+			if s, err = g.refreshIfOlder(ctx, 100*time.Millisecond); s == nil {
+				return a, err
+			}
+			if p, ok = s.byPID[a.PID]; !ok {
+				return a, fmt.Errorf("introspect: pid %d: %w", a.PID, ErrNoProcess)
 			}
 		}
 		if p.Kernel {
-			return a, fmt.Errorf("introspect: user address %#x on vCPU %d, which runs kernel thread %q (pid %d)", q.Address, q.VCPU, a.Comm, a.PID)
+			return a, fmt.Errorf("introspect: pid %d (%s) is a kernel thread: it has no user addresses", p.PID, p.Comm)
 		}
 	}
+	a.Comm = p.Comm
 	i := findMapping(p.maps, q.Address)
 	if i < 0 {
 		if s2, _ := g.refreshIfOlder(ctx, 100*time.Millisecond); s2 != nil && s2 != s {

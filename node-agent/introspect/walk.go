@@ -127,7 +127,9 @@ func readTask(m kmem, t *kernelTypes, task uint64) (taskInfo, error) {
 	if ti.flags, err = m.u32(task + t.taskFlags); err != nil {
 		return ti, err
 	}
-	ti.kthread = ti.flags&pfKthread != 0 || ti.mm == 0
+	// Kernel threads and the idle tasks; a user process whose mm is
+	// already gone (exiting, zombie) is not one.
+	ti.kthread = ti.flags&pfKthread != 0 || ti.pid == 0
 	parent, err := m.u64(task + t.taskRealParent)
 	if err != nil {
 		return ti, err
