@@ -88,6 +88,15 @@ for lib in $(LD_LIBRARY_PATH="$root/lib" ldd "$root/bin/victim" | grep -o '/[^ ]
   *) cp -L "$lib" "$root/lib/" ;;
   esac
 done
+# One small kernel module without dependencies, so that tests see module
+# addresses (loaded with numdummies=0: no network device appears).
+mkdir -p "$root/lib/modules"
+dummy="$(find "$work/kernel/lib/modules" -name 'dummy.ko*' | head -n1)"
+case "$dummy" in
+*.ko) cp "$dummy" "$root/lib/modules/dummy.ko" ;;
+*.ko.xz) xz -dc "$dummy" >"$root/lib/modules/dummy.ko" ;;
+*.ko.zst) zstd -qdc "$dummy" >"$root/lib/modules/dummy.ko" ;;
+esac
 cp "$root/lib/libvictim.so" "$OUT/libvictim.so"
 cp "$root/bin/victim" "$OUT/victim"
 install -m 0755 "$here/src/init" "$root/init"

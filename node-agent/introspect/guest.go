@@ -249,6 +249,7 @@ type snapshot struct {
 	procs []*procState // sorted by pid
 	byPID map[int]*procState
 	byMM  map[uint64]*procState // user processes by mm_struct
+	mods  []*kmodule            // loaded kernel modules by text address
 	bytes int64
 }
 
@@ -664,6 +665,24 @@ func (g *Guest) refresh(ctx context.Context) (s *snapshot, err error) {
 		s.bytes += int64(len(path)) + 16
 	}
 	sort.Slice(s.procs, func(i, j int) bool { return s.procs[i].PID < s.procs[j].PID })
+	if head, ok := g.k.syms.sym("modules"); ok && t.hasModules {
+		mods, err := walkModules(g.kv, t, head)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("kernel modules: %w", err))
+		}
+		// Keep symbol tables already read for modules still loaded.
+		if g.snap != nil {
+			for _, m := range mods {
+				if old := moduleAt(g.snap.mods, m.base); old != nil && old.addr == m.addr && old.base == m.base {
+					m.syms, m.symErr, m.loaded = old.syms, old.symErr, old.loaded
+				}
+			}
+		}
+		s.mods = mods
+		for _, m := range mods {
+			s.bytes += 96 + int64(len(m.syms))*48
+		}
+	}
 	g.snap = s
 	g.stats.Refreshes++
 	g.stats.LastRefresh = g.opts.Now().Sub(start)

@@ -172,6 +172,20 @@ func checkGuest(ctx context.Context, t *testing.T, g *guest.Guest, gi *Guest) {
 			t.Errorf("%#x resolved to %+v, want %s+0x3", want+3, a, name)
 		}
 	}
+	// A module's function resolves through the module list and the
+	// module's own symbol table.
+	if want := truth.KernelSymbols["dummy_get_stats64"]; want == 0 {
+		t.Error("ground truth lacks the dummy module's dummy_get_stats64")
+	} else {
+		a, err := gi.Resolve(ctx, Query{Address: want + 2, VCPU: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !a.Kernel || a.Path != "[dummy]" || a.Symbol != "dummy_get_stats64" || a.SymbolOffset != 2 {
+			t.Errorf("module address %#x resolved to %+v, want [dummy] dummy_get_stats64+0x2", want+2, a)
+		}
+	}
+
 	// Reads race with the running guest: refresh again and again; every
 	// pass must find the victim and its library, whatever else tears.
 	for i := 0; i < 20; i++ {

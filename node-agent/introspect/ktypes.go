@@ -73,6 +73,13 @@ type kernelTypes struct {
 	pageIndex       uint64
 	specialName     uint64 // vm_special_mapping.name
 
+	// Kernel modules (optional: without them module addresses get no
+	// symbol).
+	hasModules                            bool
+	modList, modName, modNameLen, modBase uint64
+	modTextSize, modKallsyms              uint64
+	mksSymtab, mksNum, mksStrtab          uint64
+
 	// Per-CPU variable holding the running task: current_task (<= 6.1) or
 	// pcpu_hot.current_task (6.2+), as an offset into a CPU's area.
 	percpuCurrent    uint64
@@ -346,6 +353,8 @@ func extractTypes(spec *btf.Spec) (*kernelTypes, error) {
 	f(&k.pageIndex, "page", "index")
 	f(&k.specialName, "vm_special_mapping", "name")
 
+	extractModuleTypes(spec, k)
+
 	if off, _, ok := percpuVar(spec, "current_task"); ok {
 		k.percpuCurrent, k.hasPercpuCurrent = off, true
 	} else if off, t, ok := percpuVar(spec, "pcpu_hot"); ok {
@@ -354,4 +363,36 @@ func extractTypes(spec *btf.Spec) (*kernelTypes, error) {
 		}
 	}
 	return k, errors.Join(errs...)
+}
+
+// extractModuleTypes finds struct module's list, name, text range and
+// symbol table: core_layout up to 6.3, mem[MOD_TEXT] from 6.4.
+func extractModuleTypes(spec *btf.Spec, k *kernelTypes) {
+	ok := true
+	off := func(structName, path string) uint64 {
+		o, _, err := fieldOf(spec, structName, path)
+		if err != nil {
+			ok = false
+		}
+		return o
+	}
+	k.modList = off("module", "list")
+	k.modName = off("module", "name")
+	k.modKallsyms = off("module", "kallsyms")
+	if _, t, err := fieldOf(spec, "module", "name"); err == nil {
+		k.modNameLen = uint64(arrayLen(t))
+	}
+	if cl, _, err := fieldOf(spec, "module", "core_layout"); err == nil {
+		k.modBase = cl + off("module_layout", "base")
+		k.modTextSize = cl + off("module_layout", "text_size")
+	} else {
+		// mem[] is indexed by enum mod_mem_type, MOD_TEXT first.
+		mem := off("module", "mem")
+		k.modBase = mem + off("module_memory", "base")
+		k.modTextSize = mem + off("module_memory", "size")
+	}
+	k.mksSymtab = off("mod_kallsyms", "symtab")
+	k.mksNum = off("mod_kallsyms", "num_symtab")
+	k.mksStrtab = off("mod_kallsyms", "strtab")
+	k.hasModules = ok
 }

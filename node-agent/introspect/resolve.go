@@ -65,6 +65,14 @@ func (g *Guest) Resolve(ctx context.Context, q Query) (a Attribution, err error)
 		}
 		if name, off, ok := g.k.syms.lookup(q.Address); ok {
 			a.Symbol, a.SymbolOffset = name, off
+		} else if s, _ := g.current(ctx); s != nil {
+			if m := moduleAt(s.mods, q.Address); m != nil {
+				m.loadSymbols(g.kv, g.k.types)
+				a.Path, a.Offset = "["+m.name+"]", q.Address-m.base
+				if name, off, ok := m.lookup(q.Address); ok {
+					a.Symbol, a.SymbolOffset = name, off
+				}
+			}
 		}
 		if a.PID != 0 && a.Comm == "" {
 			if s, _ := g.current(ctx); s != nil {

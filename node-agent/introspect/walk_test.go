@@ -178,6 +178,10 @@ func FuzzTaskList(f *testing.F) {
 		}
 		_, _ = readTask(m, kt, testBase+uint64(start))
 		_, _ = dentryPath(m, kt, testBase+uint64(start), testBase+uint64(start)+64, 32)
+		mods, _ := walkModules(m, moduleTypes(), testBase+uint64(start))
+		for _, mod := range mods {
+			mod.loadSymbols(m, moduleTypes())
+		}
 	})
 }
 
@@ -202,4 +206,62 @@ func FuzzVMAWalk(f *testing.F) {
 		pc := &pageCache{m: m, t: kt, vmemmap: testBase}
 		_, _ = pc.pagePA(testBase+uint64(mmOff), uint64(mmOff)*7)
 	})
+}
+
+func moduleTypes() *kernelTypes {
+	kt := testTypes()
+	kt.hasModules, kt.modList, kt.modName, kt.modNameLen, kt.modBase, kt.modTextSize = true, 8, 24, 56, 320, 332
+	kt.modKallsyms, kt.mksSymtab, kt.mksNum, kt.mksStrtab = 400, 0, 8, 16
+	return kt
+}
+
+func TestWalkModules(t *testing.T) {
+	kt := moduleTypes()
+	m := &flatMem{base: testBase, data: make([]byte, 0x8000)}
+	head := uint64(testBase)
+	mod := uint64(testBase + 0x1000)
+	mks := uint64(testBase + 0x2000)
+	symtab := uint64(testBase + 0x3000)
+	strtab := uint64(testBase + 0x4000)
+	base := uint64(0xffffffffc0a00000)
+	m.put64(head, mod+kt.modList)
+	m.put64(mod+kt.modList, head)
+	m.putStr(mod+kt.modName, "dummy")
+	m.put64(mod+kt.modBase, base)
+	m.put32(mod+kt.modTextSize, 0x1000)
+	m.put64(mod+kt.modKallsyms, mks)
+	m.put64(mks+kt.mksSymtab, symtab)
+	m.put32(mks+kt.mksNum, 2)
+	m.put64(mks+kt.mksStrtab, strtab)
+	m.putStr(strtab+1, "dummy_setup")
+	m.putStr(strtab+13, "dummy_xmit")
+	for i, s := range []struct{ name, value, size uint64 }{{1, base + 0x150, 0x100}, {13, base + 0x300, 0x40}} {
+		e := symtab + uint64(i)*elfSymSize
+		m.put32(e, uint32(s.name))
+		m.data[e-testBase+6] = 1 // section index
+		m.put64(e+8, s.value)
+		m.put64(e+16, s.size)
+	}
+	mods, err := walkModules(m, kt, head)
+	if err != nil || len(mods) != 1 || mods[0].name != "dummy" {
+		t.Fatalf("got %+v, %v", mods, err)
+	}
+	k := moduleAt(mods, base+0x305)
+	if k == nil {
+		t.Fatal("no module holds its own text")
+	}
+	k.loadSymbols(m, kt)
+	if name, off, ok := k.lookup(base + 0x305); !ok || name != "dummy_xmit" || off != 5 {
+		t.Errorf("lookup = %s+%d %v", name, off, ok)
+	}
+	if _, _, ok := k.lookup(base + 0x260); ok {
+		t.Error("an address between functions resolved")
+	}
+	if moduleAt(mods, base+0x1000) != nil {
+		t.Error("an address past the module's text matched it")
+	}
+	m.put64(mod+kt.modList, mod+kt.modList) // a loop that skips the head
+	if _, err := walkModules(m, kt, head); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("loop: got %v", err)
+	}
 }
