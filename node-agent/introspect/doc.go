@@ -38,7 +38,7 @@
 // Resolve attributes a user address to Query.PID, or else to the task that
 // ran on Query.VCPU at Query.At (an Observe or VCPUs observation within
 // Options.SampleSkew), or else to the task running on it now. Kernel
-// addresses resolve to the guest kernel's symbols.
+// addresses resolve to the guest kernel's symbols, or to a loaded module's.
 //
 // # Cost
 //
