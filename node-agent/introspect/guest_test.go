@@ -69,6 +69,48 @@ func TestGuests(t *testing.T) {
 	}
 }
 
+// TestTornReads introspects a guest that starts and reaps processes all the
+// time: walks meet tasks and memory maps as they change. Every refresh must
+// end (with partial results at worst) and keep the long-lived processes.
+func TestTornReads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a QEMU guest")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	g, err := guest.Start(ctx, guest.Config{Namespace: "intro", Name: "churn", Role: "churn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop()
+	gi, err := Open(ctx, Source{QMPSocket: g.QMPSocket, MemoryFile: g.MemoryFile}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gi.Close()
+	partial := 0
+	comms := map[string]bool{}
+	for i := 0; i < 200; i++ {
+		if err := gi.Refresh(ctx); err != nil {
+			partial++
+		}
+		procs, _ := gi.Processes(ctx)
+		found := false
+		for _, p := range procs {
+			found = found || p.PID == g.Truth.VictimPID
+			comms[p.Comm] = true
+		}
+		if !found {
+			t.Fatalf("refresh %d lost the victim", i)
+		}
+		if _, err := gi.Maps(ctx, g.Truth.VictimPID); err != nil {
+			t.Fatalf("refresh %d: victim maps: %v", i, err)
+		}
+	}
+	st := gi.Stats()
+	t.Logf("200 refreshes: %d partial, last error %q; short-lived processes seen: %v", partial, st.LastError, comms["true"] || comms["busybox"] || comms["sh"])
+}
+
 func checkGuest(ctx context.Context, t *testing.T, g *guest.Guest, gi *Guest) {
 	truth := g.Truth
 	info := gi.Kernel()
