@@ -53,6 +53,8 @@ generate-bpf: ## Rebuild kernel/*.bpf.c into committed Go and .o files (needs cl
 manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/).
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
 	cp config/crd/bases/*.yaml charts/sidewatch/crds/
+	$(GO) run ./hack/prometheusrule config/monitoring/sidewatch.rules.yaml config/monitoring/prometheusrule.yaml
+	cp config/monitoring/sidewatch.rules.yaml config/monitoring/grafana-dashboard.json charts/sidewatch/files/
 
 .PHONY: kubevirt-crds
 kubevirt-crds: ## Regenerate the KubeVirt VMI and VMIM CRDs used by tests and the demo.
