@@ -21,9 +21,9 @@ type elfEntry struct {
 	used uint64
 }
 
-// ErrNotMapped is returned for a user address no memory area of the process
+// ErrNoMapping is returned for a user address no memory area of the process
 // covers.
-var ErrNotMapped = errors.New("address not in any memory area of the process")
+var ErrNoMapping = errors.New("address not in any memory area of the process")
 
 // Resolve attributes a guest address: a kernel address to the kernel symbol
 // holding it, a user address to the process (Query.PID, or the task running
@@ -128,7 +128,7 @@ func (g *Guest) Resolve(ctx context.Context, q Query) (a Attribution, err error)
 			}
 		}
 		if i < 0 {
-			return a, fmt.Errorf("introspect: pid %d (%s) address %#x: %w", a.PID, a.Comm, q.Address, ErrNotMapped)
+			return a, fmt.Errorf("introspect: pid %d (%s) address %#x: %w", a.PID, a.Comm, q.Address, ErrNoMapping)
 		}
 	}
 	m := p.maps[i]
