@@ -114,6 +114,9 @@ func kernelRoot(mem *physMem, regs []VCPURegisters, levels int) (*mmu, []mapping
 	seen := map[uint64]bool{}
 	var errs []error
 	for _, r := range regs {
+		if r.CR3&addrM == 0 {
+			continue
+		}
 		for _, root := range []uint64{r.CR3 & addrM, r.CR3 & addrM &^ (1 << 12)} {
 			if seen[root] {
 				continue

@@ -241,12 +241,14 @@ func parseRegisters(s string) ([]VCPURegisters, error) {
 	if len(out) == 0 {
 		return nil, errors.New("info registers: no vCPU in the answer")
 	}
+	// A vCPU still in real mode (not yet started by the guest) has no CR3;
+	// at least one must have one.
 	for _, r := range out {
-		if r.CR3 == 0 {
-			return nil, fmt.Errorf("info registers: vCPU %d has no CR3 (paging off or unexpected format)", r.Index)
+		if r.CR3 != 0 {
+			return out, nil
 		}
 	}
-	return out, nil
+	return nil, errors.New("info registers: no vCPU has paging on (CR3 = 0): guest not booted, or an unexpected format")
 }
 
 var mtreeRE = regexp.MustCompile(`^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (?:ram|rom|romd)\): (\S+)(?: @([0-9a-f]+))?`)

@@ -27,6 +27,10 @@ func TestParseRegisters(t *testing.T) {
 	if pagingLevels(regs) != 5 {
 		t.Errorf("CR4.LA57 set: want 5-level paging")
 	}
+	// A vCPU not yet started (real mode, no CR3) does not spoil the rest.
+	if regs, err := parseRegisters(string(b) + "CPU#2\nRIP=000000000000fff0 RFL=00000002 CPL=0\nCR0=60000010 CR2=0000000000000000 CR3=0000000000000000 CR4=00000000\n"); err != nil || len(regs) != 3 {
+		t.Errorf("with a vCPU in real mode: %d vCPUs, %v", len(regs), err)
+	}
 	for _, bad := range []string{"", "CPU#x\n", "CPU#0\nRIP=1\n"} {
 		if _, err := parseRegisters(bad); err == nil {
 			t.Errorf("parseRegisters(%q) succeeded", bad)
