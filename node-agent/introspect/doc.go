@@ -28,6 +28,7 @@
 //	defer g.Close()
 //	procs, err := g.Processes(ctx)          // []Process{PID, PPID, Comm, Kernel}
 //	maps, err := g.Maps(ctx, pid)           // []Mapping, as /proc/<pid>/maps
+//	tids, err := g.VCPUThreads(ctx)         // host thread id -> vCPU index
 //	vcpus, err := g.VCPUs(ctx)              // what runs on each vCPU now
 //	err = g.Observe()                       // remember what runs now (cheap)
 //	a, err := g.Resolve(ctx, introspect.Query{Address: rip, VCPU: n, At: t})

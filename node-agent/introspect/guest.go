@@ -792,3 +792,29 @@ func ParseAddress(s string) (uint64, error) {
 	}
 	return v, nil
 }
+
+// VCPUThreads maps QEMU's vCPU threads (host thread ids, what perf samples
+// name) to vCPU indexes (Query.VCPU), from QMP query-cpus-fast.
+func (g *Guest) VCPUThreads(ctx context.Context) (map[int]int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mon == nil {
+		return nil, errClosed
+	}
+	raw, err := g.mon.QMP(ctx, "query-cpus-fast", nil)
+	if err != nil {
+		return nil, fmt.Errorf("introspect: vCPU threads: %w", err)
+	}
+	var cpus []struct {
+		Index    int `json:"cpu-index"`
+		ThreadID int `json:"thread-id"`
+	}
+	if err := json.Unmarshal(raw, &cpus); err != nil {
+		return nil, fmt.Errorf("introspect: query-cpus-fast: %w", err)
+	}
+	out := make(map[int]int, len(cpus))
+	for _, c := range cpus {
+		out[c.ThreadID] = c.Index
+	}
+	return out, nil
+}

@@ -174,6 +174,21 @@ func checkGuest(ctx context.Context, t *testing.T, g *guest.Guest, gi *Guest) {
 	}
 	checkVictimAttribution(t, a, truth.VictimPID, fileOff+into, into)
 
+	// vCPU threads, as perf names them, map to vCPU indexes.
+	threads, err := gi.VCPUThreads(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := g.VCPUThreads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tid, name := range names {
+		if idx, ok := threads[tid]; !ok || name != fmt.Sprintf("CPU %d/TCG", idx) {
+			t.Errorf("thread %d (%s): vCPU index %d, %v", tid, name, idx, ok)
+		}
+	}
+
 	found := false
 	for try := 0; try < 50 && !found; try++ {
 		vcpus, err := gi.VCPUs(ctx)
