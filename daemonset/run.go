@@ -167,10 +167,19 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 	findings := report.NewFindingWriter(k8s, log.WithName("findings"), nil, report.FindingOptions{
 		Node: f.node, MinUpdateInterval: f.findingUpdate, WritesPerSecond: f.findingRate, Burst: f.findingBurst, MaxActive: f.maxFindings,
 	})
+	// Guest introspection attributes sampled guest addresses (findings'
+	// guest programs, the side-channel signatures); a replay has no guests.
+	var resolver detect.Resolver
+	var in *agent.Introspector
+	if f.replayPath == "" {
+		in = agent.NewIntrospector(log.WithName("introspect"), f.procRoot)
+		defer in.Close()
+		resolver = in
+	}
 	opts := agent.Options{
 		Node: f.node, AgentVersion: version.Version, Log: log.WithName("agent"),
 		World: watcher, ProcRoot: f.procRoot, Collector: col, Capabilities: caps,
-		Detectors:      agent.DetectFactory(log.WithName("detect"), profileLoader(ctx, k8s, f.namespace), nil),
+		Detectors:      agent.DetectFactory(log.WithName("detect"), profileLoader(ctx, k8s, f.namespace), resolver),
 		Findings:       findings,
 		Evidence:       true,
 		Host:           hostInfo(caps, f.sysRoot),
@@ -178,6 +187,9 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 	}
 	if kl != nil && f.replayPath == "" {
 		opts.Kernel, opts.KernelBusLocks, opts.KernelSplitLocks = kl, kernelBus, kernelSplit
+	}
+	if in != nil {
+		opts.Attributor = in
 	}
 	a, err := agent.New(opts)
 	if err != nil {

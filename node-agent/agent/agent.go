@@ -52,10 +52,26 @@ type Detector interface {
 // detector settings the node uses.
 type DetectorFactory func(node string, policy *v1alpha1.SideChannelPolicy) (Detector, error)
 
-// AddrCount is a sampled guest address and how often it was seen.
+// AddrCount is a sampled guest address, how often it was seen, and the
+// vCPU and time of its latest sample (which process ran it).
 type AddrCount struct {
 	Addr    uint64
 	Samples int64
+	VCPU    int
+	At      time.Time
+}
+
+// sampleContext is implemented by attributors that also serve the
+// detection engine's Resolver and want each sample's vCPU and time.
+type sampleContext interface {
+	Sample(vmi report.VMIRef, vcpu int, t int64)
+}
+
+// vmiTracker is implemented by attributors that follow the VMIs' QEMU
+// processes (to attach early, and detach when a VMI leaves).
+type vmiTracker interface {
+	SetVMI(vmi report.VMIRef, pid int)
+	Prepare(vmi report.VMIRef)
 }
 
 // Attributor turns a VMI's sampled guest addresses into the guest programs
@@ -350,6 +366,9 @@ func (a *Agent) applyVMIs(vmis []discovery.VMI, g Governance) {
 		}
 		delete(a.history, ref)
 		delete(a.pids, ref)
+		if t, ok := a.opts.Attributor.(vmiTracker); ok {
+			t.SetVMI(report.VMIRef(ref), 0)
+		}
 		for s := range a.streams {
 			if s.Namespace == ref.Namespace && s.VMI == ref.Name {
 				a.buffers.Forget(s)
@@ -447,8 +466,15 @@ func (a *Agent) setThreads(targets []discovery.Target, vmis []discovery.VMI, unr
 		return
 	}
 	var threads []collect.Thread
+	tracker, _ := a.opts.Attributor.(vmiTracker)
 	for _, t := range targets {
 		a.pids[t.VMI.Ref] = t.Process.PID
+		if tracker != nil {
+			tracker.SetVMI(report.VMIRef(t.VMI.Ref), t.Process.PID)
+			if _, ok := a.protected[t.VMI.Ref]; ok {
+				tracker.Prepare(report.VMIRef(t.VMI.Ref))
+			}
+		}
 		for _, v := range t.Process.VCPUs {
 			s := collect.StreamID{Namespace: t.VMI.Ref.Namespace, VMI: t.VMI.Ref.Name, VCPU: v.Index}
 			threads = append(threads, collect.Thread{Stream: s, PID: t.Process.PID, TID: v.TID})
@@ -540,6 +566,9 @@ func (f *feeder) Sample(s *collect.Sample) {
 	name := f.name(s.Event)
 	if ip != 0 {
 		f.a.historyOf(s.Stream).addSample(s.Time, s.Stream.VCPU, name, ip)
+		if sc, ok := f.a.opts.Attributor.(sampleContext); ok {
+			sc.Sample(report.VMIRef{Namespace: s.Stream.Namespace, Name: s.Stream.VMI}, s.Stream.VCPU, s.Time)
+		}
 	}
 	if d := f.a.detector; d != nil {
 		f.a.handle(d.Observe(s.Time, s.Stream, name, true, ip))

@@ -2,7 +2,9 @@ package agent_test
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -497,6 +499,37 @@ func TestKernelLockCounts(t *testing.T) {
 	for s := range det.sums {
 		if s.VMI != "vm" {
 			t.Errorf("counts of an unwatched thread reached the detector: %v", s)
+		}
+	}
+}
+
+func TestQMPSocket(t *testing.T) {
+	tree := fakeproc.New(t.TempDir())
+	tests := []struct {
+		args []string
+		want string // relative to the process's root; "" for an error
+	}{
+		{[]string{"qemu", "-qmp", "unix:/tmp/g/qmp.sock,server=on,wait=off"}, "/tmp/g/qmp.sock"},
+		{[]string{"qemu", "-chardev", "socket,id=sw,path=/var/run/sidewatch/qmp.sock,server=on,wait=off", "-mon", "chardev=sw,id=swmon,mode=control"}, "/var/run/sidewatch/qmp.sock"},
+		// libvirt passes its monitor as a descriptor: nothing to connect to.
+		{[]string{"qemu", "-chardev", "socket,id=charmonitor,fd=30,server=on,wait=off", "-mon", "chardev=charmonitor,id=monitor,mode=control"}, ""},
+		// A chardev socket that is not a monitor.
+		{[]string{"qemu", "-chardev", "socket,id=serial0,path=/tmp/console.sock", "-serial", "chardev:serial0"}, ""},
+	}
+	for i, tt := range tests {
+		pid := 100 + i
+		if err := tree.Add(fakeproc.Process{PID: pid, Comm: "qemu", Args: tt.args}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := agent.QMPSocket(tree.Root, pid)
+		if tt.want == "" {
+			if err == nil {
+				t.Errorf("%v: got %q, want an error", tt.args, got)
+			}
+			continue
+		}
+		if want := filepath.Join(tree.Root, strconv.Itoa(pid), "root", tt.want); err != nil || got != want {
+			t.Errorf("%v: got %q, %v; want %q", tt.args, got, err, want)
 		}
 	}
 }

@@ -95,15 +95,23 @@ func (h *vmiHistory) addSample(t int64, vcpu int, ev string, ip uint64) {
 	}
 }
 
-// topAddrs returns the k most sampled addresses, most samples first.
+// topAddrs returns the k most sampled addresses, most samples first, each
+// with the vCPU and time of its latest sample.
 func (h *vmiHistory) topAddrs(k int) []AddrCount {
-	counts := make(map[uint64]int64, h.n)
+	byAddr := make(map[uint64]*AddrCount, h.n)
 	for i := 0; i < h.n; i++ {
-		counts[h.samples[i].ip]++
+		x := h.samples[(h.next-h.n+i+sampleRing)%sampleRing] // oldest first
+		ac := byAddr[x.ip]
+		if ac == nil {
+			ac = &AddrCount{Addr: x.ip}
+			byAddr[x.ip] = ac
+		}
+		ac.Samples++
+		ac.VCPU, ac.At = int(x.vcpu), time.Unix(0, x.t)
 	}
-	out := make([]AddrCount, 0, len(counts))
-	for a, n := range counts {
-		out = append(out, AddrCount{Addr: a, Samples: n})
+	out := make([]AddrCount, 0, len(byAddr))
+	for _, ac := range byAddr {
+		out = append(out, *ac)
 	}
 	slices.SortFunc(out, func(x, y AddrCount) int {
 		if x.Samples != y.Samples {

@@ -4,10 +4,12 @@ package agent_test
 
 import (
 	"context"
+	"debug/elf"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,7 +21,9 @@ import (
 	"github.com/sidewatch/sidewatch/internal/guest"
 	"github.com/sidewatch/sidewatch/node-agent/agent"
 	"github.com/sidewatch/sidewatch/node-agent/collect/perf"
+	"github.com/sidewatch/sidewatch/node-agent/detect"
 	"github.com/sidewatch/sidewatch/node-agent/discovery"
+	"github.com/sidewatch/sidewatch/node-agent/report"
 )
 
 // moveToPodCgroup puts a process in a kubepods-style cgroup (cgroupfs
@@ -179,6 +183,34 @@ func TestRealGuestsThroughTheLoop(t *testing.T) {
 	}
 	det.mu.Unlock()
 
+	// Attribution through guest introspection (QMP socket from QEMU's
+	// command line, memory through /proc/<pid>/mem): the victim's
+	// victim_modexp, seen from the vCPU that runs it, and a kernel address.
+	in := agent.NewIntrospector(testr.New(t), "/proc")
+	defer in.Close()
+	victimRef := report.VMIRef{Namespace: "tenant-a", Name: "victim"}
+	in.SetVMI(victimRef, victim.PID)
+	addr := victimModexp(t, victim) + 5
+	found := false
+	for vcpu := 0; vcpu < 2 && !found; vcpu++ {
+		progs, err := in.Attribute(ctx, victimRef, victim.PID, []agent.AddrCount{{Addr: addr, Samples: 3, VCPU: vcpu}})
+		if err != nil {
+			t.Fatalf("Attribute: %v", err)
+		}
+		for _, p := range progs {
+			if p.Path == "/lib/libvictim.so" && p.Symbol == "victim_modexp" && p.Comm == "victim" && p.Samples == 3 {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("victim_modexp+5 at %#x not attributed to the victim's libvictim.so from either vCPU", addr)
+	}
+	stext := victim.Truth.KernelSymbols["_stext"]
+	if r, ok := in.Resolve(detect.VMIRef{Namespace: "tenant-a", Name: "victim"}, stext+0x100); !ok || r.Path != "[kernel]" || r.Start > stext+0x100 || r.End <= stext+0x100 {
+		t.Errorf("Resolve(_stext+0x100) = %+v, %v", r, ok)
+	}
+
 	// The spy's QEMU stops (VMI deleted, or migrated away): its vCPU
 	// threads vanish and their descriptors are closed.
 	if err := spy.Stop(); err != nil {
@@ -202,4 +234,37 @@ func TestRealGuestsThroughTheLoop(t *testing.T) {
 	if after := openFDs(t); after > before {
 		t.Errorf("descriptors: %d after the agent stopped, %d before it started", after, before)
 	}
+}
+
+// victimModexp is where victim_modexp is in the guest's victim process, from
+// the built library's symbols and the maps the guest printed.
+func victimModexp(t *testing.T, g *guest.Guest) uint64 {
+	t.Helper()
+	f, err := elf.Open(g.Artifacts.LibVictim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var value, fileOff uint64
+	for _, s := range syms {
+		if s.Name == "victim_modexp" {
+			value = s.Value
+		}
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && value >= p.Vaddr && value < p.Vaddr+p.Filesz {
+			fileOff = value - p.Vaddr + p.Off
+		}
+	}
+	for _, m := range g.Truth.VictimMaps {
+		if strings.HasSuffix(m.Path, "/libvictim.so") && fileOff >= m.Offset && fileOff < m.Offset+(m.End-m.Start) {
+			return m.Start + fileOff - m.Offset
+		}
+	}
+	t.Fatalf("no mapping of libvictim.so holds victim_modexp (file offset %#x)", fileOff)
+	return 0
 }
