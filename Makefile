@@ -32,6 +32,7 @@ test: control-plane lint verify-generated ## Run every test, building the contro
 build: ## Build the operator, the agent and the CLI into bin/.
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/manager .
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sidewatch ./cmd/sidewatch
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sidewatch-agent ./daemonset
 
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, etcd and kubectl once into the cache (~/.cache/sidewatch).
