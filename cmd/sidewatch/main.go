@@ -34,6 +34,8 @@ func newRootCommand() *cobra.Command {
 			return err
 		},
 	})
+	root.AddCommand(newAnalyzeCommand())
+	root.AddCommand(newTracegenCommand())
 	return root
 }
 

@@ -225,6 +225,11 @@ func (e *Engine) Protected(ref VMIRef) *Protection {
 	if p := e.protections[ref]; p != nil {
 		return p
 	}
+	if e.cfg.ProtectionFor != nil {
+		if p := e.cfg.ProtectionFor(ref); p != nil {
+			return p
+		}
+	}
 	return e.cfg.DefaultProtection
 }
 
@@ -393,6 +398,17 @@ func (e *Engine) addSample(v *vmi, t int64, c trace.Event, rip uint64) {
 			v.locks[1].add(t / e.lockNS)
 		}
 	}
+}
+
+// Late reports whether o would arrive after an analysis of a window that
+// should have contained it (it is older than the newest analysis of its
+// node). Late observations still count in later windows.
+func (e *Engine) Late(o Observation) bool {
+	if o.Stream < 0 || int(o.Stream) >= len(e.streams) {
+		return false
+	}
+	v := e.streams[o.Stream].vmi
+	return v != nil && o.TimeNS < v.node.analyzed
 }
 
 // Advance tells the engine that a node's time has reached nowNS even if no

@@ -109,7 +109,11 @@ func Replay(ctx context.Context, src io.Reader, cfg Config, setup func(*Engine) 
 		}
 		sum.FirstNS = min(sum.FirstNS, row.TimeNS)
 		sum.LastNS = max(sum.LastNS, row.TimeNS)
-		if ds := eng.Observe(Observation{TimeNS: row.TimeNS, Stream: ids[tid], Event: row.Event, Value: row.Value}); len(ds) > 0 {
+		obs := Observation{TimeNS: row.TimeNS, Stream: ids[tid], Event: row.Event, Value: row.Value}
+		if eng.Late(obs) {
+			return sum, &trace.SyntaxError{Line: r.Line(), Msg: fmt.Sprintf("time_ns %d is more than %v behind rows of other vCPUs of node %s already analysed: rows of different vCPUs may be at most that far out of order; sort the trace by time (keep the lines before the header, then sort -t, -k1,1n -s the rows)", row.TimeNS, eng.cfg.Lateness, row.Node)}
+		}
+		if ds := eng.Observe(obs); len(ds) > 0 {
 			if err := deliver(ds); err != nil {
 				return sum, err
 			}

@@ -1,0 +1,141 @@
+package tracegen
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// Scale selects the size of a grid.
+type Scale string
+
+// Grid scales.
+const (
+	// Quick is a small grid for tests: every family, few variants.
+	Quick Scale = "quick"
+	// Full is the evaluation grid of docs/detection-accuracy.md.
+	Full Scale = "full"
+)
+
+var neighbourKinds = []Kind{Compiler, Database, VideoEncoder, MemBandwidth, TrainingLoop, Cron, Monitor, JavaGC, SplitLocker, CryptoService, Idle}
+
+func neighbours(rng *rand.Rand, n int) []VMI {
+	out := make([]VMI, n)
+	for i := range out {
+		k := neighbourKinds[rng.IntN(len(neighbourKinds))]
+		out[i] = VMI{Namespace: fmt.Sprintf("tenant-%c", 'b'+i), Name: fmt.Sprintf("%s-%d", k, i), VCPUs: 1 + rng.IntN(4), Kind: k}
+	}
+	return out
+}
+
+// Grid returns the labelled scenarios of an evaluation grid.
+func Grid(scale Scale, seed uint64) []Scenario {
+	rng := rand.New(rand.NewPCG(seed, 0x9e1d))
+	var out []Scenario
+	reps := 2
+	benignN, benignDur := 80, 10*time.Minute
+	attackDur := 4 * time.Minute
+	covertPeriods := []time.Duration{5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
+	lockPeriods := []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
+	codings := []Coding{NRZ, RZ, Manchester, Alternating}
+	sideReps := 20
+	if scale == Quick {
+		reps, benignN, benignDur, attackDur = 1, 3, 5*time.Minute, 3*time.Minute
+		covertPeriods = []time.Duration{10 * time.Millisecond, 50 * time.Millisecond, 500 * time.Millisecond}
+		lockPeriods = []time.Duration{50 * time.Millisecond, 200 * time.Millisecond}
+		codings = []Coding{NRZ, RZ}
+		sideReps = 2
+	}
+	protects := []string{"sender", "receiver", "both"}
+	n := 0
+	next := func() uint64 { n++; return seed*1000003 + uint64(n) }
+	onset := func() time.Duration { return time.Duration(60+rng.IntN(60)) * time.Second }
+	for _, p := range covertPeriods {
+		for _, c := range codings {
+			for r := 0; r < reps; r++ {
+				sp := int64(10000)
+				if p < 20*time.Millisecond {
+					// Channels this fast are only visible with denser
+					// sampling; a policy watching for them sets it.
+					sp = 1000
+				}
+				txd := 1.0
+				if rng.IntN(3) == 0 {
+					txd = 0.6
+				}
+				sc := Scenario{
+					Name: fmt.Sprintf("cache-covert/%s/%v/%d", c, p, r), Seed: next(), Duration: attackDur,
+					SamplePeriod: sp, LockSamplePeriod: 10000, VMIs: neighbours(rng, 2+rng.IntN(4)),
+					Attack: &Attack{Kind: CacheCovert, Period: p, Coding: c, Duty: 0.3 + 0.4*rng.Float64(), TxDuty: txd,
+						Rate: []float64{3e6, 8e6, 2e7}[rng.IntN(3)], Onset: onset(), Protect: protects[n%3]},
+				}
+				out = append(out, sc)
+			}
+		}
+	}
+	// Slow channels on counters alone (no samples at all).
+	for _, p := range []time.Duration{400 * time.Millisecond, 800 * time.Millisecond} {
+		for r := 0; r < reps; r++ {
+			out = append(out, Scenario{
+				Name: fmt.Sprintf("cache-covert/counters-only/%v/%d", p, r), Seed: next(), Duration: attackDur,
+				VMIs: neighbours(rng, 3),
+				Attack: &Attack{Kind: CacheCovert, Period: p, Coding: codings[r%len(codings)], Duty: 0.5, TxDuty: 1,
+					Rate: 1e7, Onset: onset(), Protect: protects[n%3]},
+			})
+		}
+	}
+	for _, p := range lockPeriods {
+		for _, c := range codings {
+			for r := 0; r < reps; r++ {
+				lp := int64(10000)
+				if p < 50*time.Millisecond {
+					lp = 1000
+				}
+				out = append(out, Scenario{
+					Name: fmt.Sprintf("buslock-covert/%s/%v/%d", c, p, r), Seed: next(), Duration: attackDur,
+					SamplePeriod: 10000, LockSamplePeriod: lp, VMIs: neighbours(rng, 2+rng.IntN(4)),
+					Attack: &Attack{Kind: BusLockCovert, Period: p, Coding: c, Duty: 0.3 + 0.4*rng.Float64(), TxDuty: 1,
+						Rate: []float64{1e5, 4e5, 1e6}[rng.IntN(3)], Onset: onset(), Protect: protects[n%3]},
+				})
+			}
+		}
+	}
+	for r := 0; r < sideReps; r++ {
+		out = append(out, Scenario{
+			Name: fmt.Sprintf("prime-probe/%d", r), Seed: next(), Duration: attackDur,
+			SamplePeriod: 10000, LockSamplePeriod: 10000, VMIs: neighbours(rng, 2+rng.IntN(4)),
+			Attack: &Attack{Kind: PrimeProbe, Factor: 1.5 + 2*rng.Float64(), Onset: onset()},
+		})
+		out = append(out, Scenario{
+			Name: fmt.Sprintf("flush-reload/%d", r), Seed: next(), Duration: attackDur,
+			SamplePeriod: 10000, LockSamplePeriod: 10000, VMIs: neighbours(rng, 2+rng.IntN(4)),
+			Attack: &Attack{Kind: FlushReload, Factor: 0.25 + 0.35*rng.Float64(), Onset: onset()},
+		})
+	}
+	// Benign nodes. Some are built around the hardest cases: neighbours
+	// periodic at the same rate, monitors firing together, a database
+	// that follows a TLS front end, heavy co-runner interference.
+	hard := [][]Kind{
+		{Monitor, Monitor, Monitor, VideoEncoder, Database, Idle},
+		{CryptoService, RequestCoupled, MemBandwidth, Cron, Compiler, Idle},
+		{VideoEncoder, VideoEncoder, Database, Database, MemBandwidth, TrainingLoop},
+		{TrainingLoop, TrainingLoop, Cron, Cron, SplitLocker, JavaGC},
+		{MemBandwidth, Database, CryptoService, SplitLocker, SplitLocker, Monitor},
+	}
+	for i := 0; i < benignN; i++ {
+		var vs []VMI
+		if i < len(hard) || i%4 == 0 {
+			for j, k := range hard[i%len(hard)] {
+				vs = append(vs, VMI{Namespace: fmt.Sprintf("tenant-%c", 'a'+j), Name: fmt.Sprintf("%s-%d", k, j), VCPUs: 1 + rng.IntN(4), Kind: k})
+			}
+			vs = append(vs, neighbours(rng, 2)...)
+			for j := range vs {
+				vs[j].Name = fmt.Sprintf("%s-%d", vs[j].Kind, j)
+			}
+		} else {
+			vs = neighbours(rng, 6+rng.IntN(3))
+		}
+		out = append(out, Scenario{Name: fmt.Sprintf("benign/%d", i), Seed: next(), Duration: benignDur, SamplePeriod: 10000, LockSamplePeriod: 10000, VMIs: vs})
+	}
+	return out
+}
