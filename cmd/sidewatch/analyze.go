@@ -66,7 +66,7 @@ kubernetes.io/metadata.name=<namespace> and VMIs the labels given with
 				fmt.Fprintln(tw, "TIME\tTYPE\tNODE\tVICTIM\tSUSPECTS\tSCORE\tSEVERITY\tDETAIL")
 			}
 			start := time.Now()
-			sum, err := detect.Replay(cmd.Context(), src, cfg, nil, func(d *detect.Detection) error {
+			sum, err := detect.Replay(cmd.Context(), src, cfg, detect.ReplayOptions{Emit: func(d *detect.Detection) error {
 				if tw != nil {
 					return writeDetectionRow(tw, d)
 				}
@@ -74,7 +74,7 @@ kubernetes.io/metadata.name=<namespace> and VMIs the labels given with
 					d.Series = nil
 				}
 				return enc.Encode(d)
-			})
+			}})
 			if tw != nil {
 				tw.Flush()
 			}

@@ -260,6 +260,7 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 		if !found {
 			continue
 		}
+		v.lockHop = B
 		e.emitBusLock(n, B, v, best)
 	}
 }

@@ -13,6 +13,9 @@ type hopState struct {
 	osc [2]trainOsc // [fine, coarse]
 }
 
+// debugf, when set by a test, traces the detectors' decisions.
+var debugf func(format string, args ...any)
+
 const (
 	resFine   = 0
 	resCoarse = 1
@@ -49,6 +52,10 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	}
 	N := nat / factor
 	binNS := int64(factor) * e.fineNS
+	if 2*binNS > e.coarseNS {
+		// Too few samples for a finer train than the counters give.
+		return trainOsc{}
+	}
 	minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
 	maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
 	if N < 32 || maxLag < minLag {
@@ -140,6 +147,7 @@ type covertPair struct {
 	res      int
 	score    float64
 	rho      float64
+	dataRho  float64
 	lagBins  float64
 	periodNS float64
 	binNS    int64
@@ -174,6 +182,14 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			v.hop.osc[resFine] = e.fineOsc(v, from, B)
 		}
 		v.hop.osc[resCoarse] = e.coarseOsc(v, from, B)
+		if debugf != nil {
+			debugf("B=%.1fs %s fine=%+v coarse=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse])
+		}
+		if v.lockHop == B {
+			// Its trains move with its own bus-lock bursts: a bus-lock
+			// channel, reported by that detector.
+			continue
+		}
 		if v.hop.osc[resFine].strength >= cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= cfg.MinAutocorrelation {
 			cands = append(cands, v)
 		}
@@ -199,6 +215,31 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 		used[p.a], used[p.b] = true, true
 		e.emitCovert(n, B, p)
 	}
+}
+
+// restTrain is the sum of the trains of every VMI on the node but a and b
+// over the same bins as pairTrains.
+func (e *Engine) restTrain(n *node, a, b *vmi, res int, B int64, N int) []float64 {
+	e.sc.rest = grow(e.sc.rest, N)
+	clear(e.sc.rest)
+	e.sc.one = grow(e.sc.one, N)
+	W := e.cfg.CacheOscillation.Window.Nanoseconds()
+	from := max(B-W, a.first, b.first)
+	for _, v := range n.vmis {
+		if v == a || v == b || v.last < B-W {
+			continue
+		}
+		if res == resFine {
+			binNS := max(a.hop.osc[resFine].binNS, b.hop.osc[resFine].binNS)
+			e.fineTrain(v, from, B, int(binNS/e.fineNS), e.sc.one)
+		} else {
+			e.coarseTrain(v, trace.LLCMisses, (from+e.coarseNS-1)/e.coarseNS, e.sc.one)
+		}
+		for i, x := range e.sc.one {
+			e.sc.rest[i] += x
+		}
+	}
+	return e.sc.rest
 }
 
 // pairTrains builds both VMIs' trains at a common resolution into sc.x and
@@ -263,12 +304,44 @@ func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 				rho, lag = v, t
 			}
 		}
+		if debugf != nil {
+			debugf("  pair %s %s res=%d rho=%.2f lag=%d period=%.1fms", a.ref, b.ref, res, rho, lag, period/1e6)
+		}
 		if rho < cfg.MinAutocorrelation {
 			continue
 		}
-		score := math.Cbrt(min(1, oa.strength) * min(1, ob.strength) * min(1, rho))
+		// Data coupling: two timers with the same period always line up
+		// at some lag. A channel's receiver also follows the sender's data:
+		// how much activity each cycle holds changes from cycle to cycle,
+		// in step at both ends, and not because of the rest of the node
+		// (co-runner interference moves every cache-sensitive VMI at once).
+		pb := period / float64(binNS)
+		offA, offB := 0.0, float64(lag)
+		if lag < 0 {
+			offA, offB = float64(-lag), 0
+		}
+		e.sc.rx = cycleSums(x, pb, offA, e.sc.rx)
+		e.sc.ry = cycleSums(y, pb, offB, e.sc.ry)
+		rest := e.restTrain(a.node, a, b, res, B, len(x))
+		e.sc.tmpl = cycleSums(rest, pb, offA, e.sc.tmpl)
+		nc := min(len(e.sc.rx), len(e.sc.ry), len(e.sc.tmpl))
+		dataRho := 0.0
+		if nc >= cfg.MinRepetitions-1 && nc >= 5 {
+			dataRho = math.Abs(partialCorr(e.sc.rx[:nc], e.sc.ry[:nc], e.sc.tmpl[:nc]))
+			// Few cycles correlate by chance: require significance too.
+			if t := dataRho * math.Sqrt(float64(nc-3)) / math.Sqrt(max(1e-9, 1-dataRho*dataRho)); t < 4 {
+				dataRho = min(dataRho, cfg.MinAutocorrelation*0.99)
+			}
+		}
+		if debugf != nil {
+			debugf("    data rho=%.2f cycles=%d", dataRho, nc)
+		}
+		if dataRho < cfg.MinAutocorrelation {
+			continue
+		}
+		score := math.Pow(min(1, oa.strength)*min(1, ob.strength)*min(1, rho)*min(1, dataRho), 0.25)
 		if score > best.score {
-			best = covertPair{a: a, b: b, res: res, score: score, rho: rho, lagBins: float64(lag), periodNS: period, binNS: binNS}
+			best = covertPair{a: a, b: b, res: res, score: score, rho: rho, dataRho: dataRho, lagBins: float64(lag), periodNS: period, binNS: binNS}
 		}
 	}
 	return best, best.a != nil

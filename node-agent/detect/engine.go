@@ -92,6 +92,9 @@ type vmi struct {
 	acCurve    []float32
 	acCurveLag int64
 	acStrength float64
+	// lockHop is the analysis at which the bus-lock detector last found
+	// this VMI sending.
+	lockHop int64
 }
 
 // New returns an engine for cfg.
@@ -470,11 +473,13 @@ func (e *Engine) runHops(n *node, until int64) {
 
 func (e *Engine) analyze(n *node, B int64) {
 	e.stats.Analyses++
-	if e.cfg.CacheOscillation.Enabled {
-		e.detectCacheOscillation(n, B)
-	}
+	// Bus locks first: a lock channel also modulates the cache trains of
+	// both ends, and must not be reported as a cache channel too.
 	if e.cfg.BusLock.Enabled {
 		e.detectBusLock(n, B)
+	}
+	if e.cfg.CacheOscillation.Enabled {
+		e.detectCacheOscillation(n, B)
 	}
 	if e.cfg.SideChannel.Enabled {
 		e.detectSideChannel(n, B)

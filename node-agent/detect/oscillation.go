@@ -17,6 +17,11 @@ type scratch struct {
 	px   []float64
 	ad   []float64
 	r    []float64
+	rx   []float64
+	ry   []float64
+	tmpl []float64
+	rest []float64
+	one  []float64
 	cand []*vmi
 }
 
@@ -93,7 +98,7 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 	}
 	q := quantile(sc.tmp[1:], 0.25)
 	thr := 3 * q / 0.3186
-	var sumD float64
+	var sumD, sumD2 float64
 	for i := range N {
 		v := sc.d[i] - thr
 		if v < 0 {
@@ -101,6 +106,14 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 		}
 		sc.d[i] = v
 		sumD += v
+		sumD2 += v * v
+	}
+	// Effective number of edges (participation ratio): a handful of edges
+	// fits some clock by chance, so coherence is debiased by the level
+	// noise reaches when searching that many frequencies.
+	nEdges := 0.0
+	if sumD2 > 0 {
+		nEdges = sumD * sumD / sumD2
 	}
 	M := nextPow2(2 * N)
 	sc.z = grow(sc.z, M)
@@ -197,7 +210,7 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 					}
 				}
 				clockQ = bestF
-				res.clock = min(1, bestC)
+				res.clock = debias(min(1, bestC), nEdges, float64(qmax-qmin+1))
 				break
 			}
 		}
@@ -216,6 +229,61 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 	res.nbins = N
 	res.ok = true
 	return res, r
+}
+
+// debias removes from a coherence R measured over n edges the level that
+// the best of f frequencies reaches on random edges (R² ≈ ln f / n):
+// sqrt((R² - b) / (1 - b)), 0 when R is no better than chance.
+func debias(R, n, f float64) float64 {
+	if n <= 1 {
+		return 0
+	}
+	b := math.Log(max(f, 2)) / n
+	if b >= 1 {
+		return 0
+	}
+	return math.Sqrt(max(0, (R*R-b)/(1-b)))
+}
+
+// cycleSums sums x over consecutive cycles of p bins starting at bin off
+// (fractional bins are split), into out.
+func cycleSums(x []float64, p, off float64, out []float64) []float64 {
+	out = out[:0]
+	for k := 0; ; k++ {
+		lo := off + float64(k)*p
+		hi := lo + p
+		if hi > float64(len(x)) {
+			break
+		}
+		if lo < 0 {
+			continue
+		}
+		var s float64
+		i0, i1 := int(lo), int(hi)
+		if i0 == i1 {
+			s = x[i0] * (hi - lo)
+		} else {
+			s = x[i0] * (float64(i0+1) - lo)
+			for i := i0 + 1; i < i1; i++ {
+				s += x[i]
+			}
+			if i1 < len(x) {
+				s += x[i1] * (hi - float64(i1))
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// partialCorr is the correlation of a and b once c is accounted for.
+func partialCorr(a, b, c []float64) float64 {
+	ab, ac, bc := pearson(a, b), pearson(a, c), pearson(b, c)
+	den := math.Sqrt((1 - ac*ac) * (1 - bc*bc))
+	if den < 1e-6 {
+		return 0
+	}
+	return (ab - ac*bc) / den
 }
 
 // coherenceAt evaluates the edge coherence at frequency f (cycles per bin)
