@@ -17,10 +17,10 @@ import (
 func newTracegenCommand() *cobra.Command {
 	var (
 		attack, coding, neighbours, protect, out, grid, outDir string
-		period, onset, duration, interval                       time.Duration
-		duty, txDuty, rate, factor                              float64
-		seed                                                    uint64
-		samplePeriod, lockSamplePeriod                          int64
+		period, onset, duration, interval                      time.Duration
+		duty, txDuty, rate, factor                             float64
+		seed                                                   uint64
+		samplePeriod, lockSamplePeriod                         int64
 	)
 	cmd := &cobra.Command{
 		Use:   "tracegen",

@@ -3,8 +3,8 @@ package detect
 import (
 	"context"
 	"os"
-	"time"
 	"testing"
+	"time"
 )
 
 // TestDebugTrace replays $SIDEWATCH_DEBUG_TRACE with decision tracing.

@@ -94,14 +94,14 @@ func ParseTruth(v []byte) (Truth, error) {
 }
 
 type simVMI struct {
-	spec    VMI
-	ref     string
-	w       workload
-	weights []float64
-	offTick int
-	acc     [trace.NumCounters + 1]float64 // since last read
-	cum     [trace.NumCounters + 1]float64 // for overflow sampling
-	next    [trace.NumCounters + 1]float64
+	spec     VMI
+	ref      string
+	w        workload
+	weights  []float64
+	offTick  int
+	acc      [trace.NumCounters + 1]float64 // since last read
+	cum      [trace.NumCounters + 1]float64 // for overflow sampling
+	next     [trace.NumCounters + 1]float64
 	missPrev float64
 	lockPrev float64
 	regions  regionSet
