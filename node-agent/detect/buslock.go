@@ -265,9 +265,13 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 	}
 }
 
-// lockReceivers ranks the other VMIs by how well their cycles per
-// instruction follow the sender's lock rate: bus locks stall every
-// memory access on the node, and a receiver is a loop that times them.
+// lockReceivers ranks the other VMIs by how their cycles per instruction
+// follow the sender's lock rate: bus locks stall every memory access on
+// the node, and a receiver is a loop that times exactly that. The rank
+// (Spearman) correlation allows for the stall saturating; it is weighted by
+// the size of the slowdown, since a timing loop is as memory-bound as
+// software gets. Memory-bound neighbours slow down too, so up to three
+// candidates are named; only the first gets the Receiver role.
 func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
 	I := e.coarseNS
 	i0 := (max(B-W, sender.first) + I - 1) / I
@@ -282,27 +286,37 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
 			locks[j] = float64(max(b.c[trace.BusLocks], b.c[trace.SplitLocks]))
 		}
 	}
+	thr := e.cfg.BusLock.MinBurstRate * float64(I) / 1e9
 	var out []end
 	xs := make([]float64, 0, N)
 	ys := make([]float64, 0, N)
+	var hi, lo []float64
 	for _, u := range n.vmis {
 		if u == sender || u.last < B-W/2 {
 			continue
 		}
-		xs, ys = xs[:0], ys[:0]
+		xs, ys, hi, lo = xs[:0], ys[:0], hi[:0], lo[:0]
 		for j := range N {
 			b := u.coarse.get(i0 + int64(j))
 			if b == nil || b.c[trace.Instructions] <= 0 || b.c[trace.Cycles] <= 0 {
 				continue
 			}
+			cpi := float64(b.c[trace.Cycles] / b.c[trace.Instructions])
 			xs = append(xs, locks[j])
-			ys = append(ys, float64(b.c[trace.Cycles]/b.c[trace.Instructions]))
+			ys = append(ys, cpi)
+			if locks[j] >= thr {
+				hi = append(hi, cpi)
+			} else {
+				lo = append(lo, cpi)
+			}
 		}
-		if len(xs) < 10 {
+		if len(xs) < 10 || len(hi) < 3 || len(lo) < 3 {
 			continue
 		}
-		if c := pearson(xs, ys); c >= 0.5 {
-			out = append(out, end{v: u, role: RoleUnknown, score: c})
+		c := spearman(xs, ys)
+		effect := quantile(hi, 0.5)/quantile(lo, 0.5) - 1
+		if c >= 0.5 && effect >= 0.1 {
+			out = append(out, end{v: u, role: RoleUnknown, score: c * min(1, effect)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].score > out[j].score })
@@ -313,6 +327,31 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
 		out[0].role = RoleReceiver
 	}
 	return out
+}
+
+// spearman is the rank correlation of a and b.
+func spearman(a, b []float64) float64 {
+	return pearson(ranks(a), ranks(b))
+}
+
+func ranks(x []float64) []float64 {
+	idx := make([]int, len(x))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(i, j int) bool { return x[idx[i]] < x[idx[j]] })
+	r := make([]float64, len(x))
+	for i := 0; i < len(idx); {
+		j := i
+		for j+1 < len(idx) && x[idx[j+1]] == x[idx[i]] {
+			j++
+		}
+		for k := i; k <= j; k++ {
+			r[idx[k]] = float64(i+j) / 2
+		}
+		i = j + 1
+	}
+	return r
 }
 
 func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {

@@ -23,7 +23,7 @@ const (
 
 // minSamplesPerFineBin is the mean number of LLC-miss samples a fine bin
 // must hold: fewer and the train is Poisson noise.
-const minSamplesPerFineBin = 4
+const minSamplesPerFineBin = 2
 
 // fineTrain fills x with v's LLC-miss sample counts over [from, to) in
 // bins of factor native fine bins.
@@ -50,30 +50,37 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	for nat/factor > e.cfg.MaxFineBins {
 		factor++
 	}
-	N := nat / factor
-	binNS := int64(factor) * e.fineNS
-	if 2*binNS > e.coarseNS {
-		// Too few samples for a finer train than the counters give.
-		return trainOsc{}
+	// Three octaves of resolution: the finest resolves short periods,
+	// the coarser ones average the sampling (Poisson) noise of slower
+	// channels away.
+	var best trainOsc
+	for oct := 0; oct < 3; oct, factor = oct+1, factor*2 {
+		N := nat / factor
+		binNS := int64(factor) * e.fineNS
+		if 2*binNS > e.coarseNS {
+			// No finer than the counters already give.
+			break
+		}
+		minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
+		maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
+		if N < 32 || maxLag < minLag {
+			break
+		}
+		e.sc.x = grow(e.sc.x, N)
+		samples := e.fineTrain(v, from, to, factor, e.sc.x)
+		res, r := e.sc.analyseTrain(e.sc.x, minLag, maxLag)
+		if !res.ok || res.strength <= best.strength {
+			continue
+		}
+		res.binNS = binNS
+		res.startNS = i0 * e.fineNS
+		res.samples = samples
+		res.periodNS *= float64(binNS)
+		res.acLagNS *= float64(binNS)
+		e.keepCurve(v, r, res)
+		best = res
 	}
-	minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
-	maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
-	if N < 32 || maxLag < minLag {
-		return trainOsc{}
-	}
-	e.sc.x = grow(e.sc.x, N)
-	samples := e.fineTrain(v, from, to, factor, e.sc.x)
-	res, r := e.sc.analyseTrain(e.sc.x, minLag, maxLag)
-	if !res.ok {
-		return trainOsc{}
-	}
-	res.binNS = binNS
-	res.startNS = i0 * e.fineNS
-	res.samples = samples
-	res.periodNS *= float64(binNS)
-	res.acLagNS *= float64(binNS)
-	e.keepCurve(v, r, res)
-	return res
+	return best
 }
 
 // coarseTrain fills x with counter c of v per interval from bin i0.
@@ -185,12 +192,12 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 		if debugf != nil {
 			debugf("B=%.1fs %s fine=%+v coarse=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse])
 		}
-		if v.lockHop == B {
+		if v.lockHop > 0 && B-v.lockHop <= W || e.meanLockRate(v, B, W) >= e.cfg.BusLock.MinBurstRate {
 			// Its trains move with its own bus-lock bursts: a bus-lock
 			// channel, reported by that detector.
 			continue
 		}
-		if v.hop.osc[resFine].strength >= cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= cfg.MinAutocorrelation {
+		if v.hop.osc[resFine].strength >= 0.8*cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= 0.8*cfg.MinAutocorrelation {
 			cands = append(cands, v)
 		}
 	}
@@ -215,6 +222,22 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 		used[p.a], used[p.b] = true, true
 		e.emitCovert(n, B, p)
 	}
+}
+
+// meanLockRate is v's bus (or split) lock rate per second over the window.
+func (e *Engine) meanLockRate(v *vmi, B, W int64) float64 {
+	I := e.coarseNS
+	i0, i1 := (max(B-W, v.first)+I-1)/I, B/I
+	var s float64
+	for i := i0; i < i1; i++ {
+		if b := v.coarse.get(i); b != nil {
+			s += float64(max(b.c[trace.BusLocks], b.c[trace.SplitLocks]))
+		}
+	}
+	if i1 <= i0 {
+		return 0
+	}
+	return s / (float64((i1-i0)*I) / 1e9)
 }
 
 // restTrain is the sum of the trains of every VMI on the node but a and b
@@ -280,9 +303,18 @@ func (e *Engine) pairTrains(a, b *vmi, res int, B int64) (x, y []float64, binNS,
 func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 	cfg := e.cfg.CacheOscillation
 	best := covertPair{}
+	// Hysteresis: a pair that showed a channel at the previous analysis
+	// keeps it while each end oscillates at 80% of the threshold, so that
+	// a sparse train wobbling around the threshold does not break the
+	// run of evidence.
+	minOsc := cfg.MinAutocorrelation
+	pk := pairKey{a, b}
+	if last, ok := e.pairSeen[pk]; ok && last == B-e.hopNS {
+		minOsc *= 0.8
+	}
 	for _, res := range [...]int{resFine, resCoarse} {
 		oa, ob := a.hop.osc[res], b.hop.osc[res]
-		if !oa.ok || !ob.ok || oa.strength < cfg.MinAutocorrelation || ob.strength < cfg.MinAutocorrelation {
+		if !oa.ok || !ob.ok || oa.strength < minOsc || ob.strength < minOsc {
 			continue
 		}
 		bin := max(oa.binNS, ob.binNS)
@@ -344,8 +376,15 @@ func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 			best = covertPair{a: a, b: b, res: res, score: score, rho: rho, dataRho: dataRho, lagBins: float64(lag), periodNS: period, binNS: binNS}
 		}
 	}
+	if best.a != nil {
+		e.pairSeen[pk] = B
+	} else {
+		delete(e.pairSeen, pk)
+	}
 	return best, best.a != nil
 }
+
+type pairKey struct{ a, b *vmi }
 
 // end is one participant of a covert channel.
 type end struct {

@@ -32,6 +32,7 @@ type Engine struct {
 	regions     map[VMIRef]*regionTable
 	resolver    Resolver
 	episodes    map[episodeKey]*episode
+	pairSeen    map[pairKey]int64
 
 	out   []Detection
 	sc    scratch
@@ -110,6 +111,7 @@ func New(cfg Config) (*Engine, error) {
 		protections: map[VMIRef]*Protection{},
 		regions:     map[VMIRef]*regionTable{},
 		episodes:    map[episodeKey]*episode{},
+		pairSeen:    map[pairKey]int64{},
 	}
 	e.coarseNS = cfg.Interval.Nanoseconds()
 	e.latenessNS = cfg.Lateness.Nanoseconds()
@@ -292,6 +294,11 @@ func (e *Engine) RemoveVMI(nodeName string, ref VMIRef) {
 	for k := range e.episodes {
 		if k.node == nodeName && (k.victim == ref || k.other == ref) {
 			delete(e.episodes, k)
+		}
+	}
+	for k := range e.pairSeen {
+		if k.a == v || k.b == v {
+			delete(e.pairSeen, k)
 		}
 	}
 }

@@ -97,7 +97,7 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 		sumAbs += a
 	}
 	q := quantile(sc.tmp[1:], 0.25)
-	thr := 3 * q / 0.3186
+	thr := 2.5 * q / 0.3186
 	var sumD, sumD2 float64
 	for i := range N {
 		v := sc.d[i] - thr

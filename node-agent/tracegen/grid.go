@@ -87,15 +87,19 @@ func Grid(scale Scale, seed uint64) []Scenario {
 	for _, p := range lockPeriods {
 		for _, c := range codings {
 			for r := 0; r < reps; r++ {
+				// A split lock costs about a microsecond, so a sender takes
+				// 10^5..10^6 per second; one sample per 10000 locks cannot
+				// time bursts of a few milliseconds, so policies watching
+				// for fast channels sample locks more densely.
 				lp := int64(10000)
-				if p < 50*time.Millisecond {
+				if p < 100*time.Millisecond {
 					lp = 1000
 				}
 				out = append(out, Scenario{
 					Name: fmt.Sprintf("buslock-covert/%s/%v/%d", c, p, r), Seed: next(), Duration: attackDur,
 					SamplePeriod: 10000, LockSamplePeriod: lp, VMIs: neighbours(rng, 2+rng.IntN(4)),
 					Attack: &Attack{Kind: BusLockCovert, Period: p, Coding: c, Duty: 0.3 + 0.4*rng.Float64(), TxDuty: 1,
-						Rate: []float64{1e5, 4e5, 1e6}[rng.IntN(3)], Onset: onset(), Protect: protects[n%3]},
+						Rate: []float64{3e5, 6e5, 1.2e6}[rng.IntN(3)], Onset: onset(), Protect: protects[n%3]},
 				})
 			}
 		}
