@@ -39,10 +39,8 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	if nat < 64 {
 		return trainOsc{}
 	}
-	var S int64
-	for i := i0; i < i1; i++ {
-		S += int64(v.llc.get(i))
-	}
+	e.sc.x = grow(e.sc.x, 1)
+	S := v.llc.sum(i0, i1, nat, e.sc.x)
 	if S < 64 {
 		return trainOsc{}
 	}
@@ -54,8 +52,21 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	// the coarser ones average the sampling (Poisson) noise of slower
 	// channels away.
 	var best trainOsc
-	for oct := 0; oct < 3; oct, factor = oct+1, factor*2 {
-		N := nat / factor
+	// The finest train is read from the ring once; each coarser octave
+	// sums pairs of bins of the previous one.
+	N := nat / factor
+	e.sc.fine = grow(e.sc.fine, N)
+	samples := e.fineTrain(v, from, to, factor, e.sc.fine)
+	x := e.sc.fine
+	for oct := 0; oct < 3; oct++ {
+		if oct > 0 {
+			N /= 2
+			for i := range N {
+				x[i] = x[2*i] + x[2*i+1]
+			}
+			x = x[:N]
+			factor *= 2
+		}
 		binNS := int64(factor) * e.fineNS
 		if 2*binNS > e.coarseNS {
 			// No finer than the counters already give.
@@ -66,10 +77,12 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 		if N < 32 || maxLag < minLag {
 			break
 		}
-		e.sc.x = grow(e.sc.x, N)
-		samples := e.fineTrain(v, from, to, factor, e.sc.x)
-		res, r := e.sc.analyseTrain(e.sc.x, minLag, maxLag)
+		res, r := e.sc.analyseTrain(x, minLag, maxLag)
+		dense := float64(samples)/float64(N) >= 8
 		if !res.ok || res.strength <= best.strength {
+			if dense {
+				break
+			}
 			continue
 		}
 		res.binNS = binNS
@@ -79,6 +92,11 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 		res.acLagNS *= float64(binNS)
 		e.keepCurve(v, r, res)
 		best = res
+		if dense {
+			// Sampling noise is already small: coarser octaves add
+			// nothing but cost.
+			break
+		}
 	}
 	return best
 }

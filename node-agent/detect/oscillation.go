@@ -22,6 +22,7 @@ type scratch struct {
 	tmpl []float64
 	rest []float64
 	one  []float64
+	fine []float64
 	cand []*vmi
 }
 
@@ -128,10 +129,10 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 	for k := 0; k <= half; k++ {
 		zk := sc.z[k]
 		zm := cmplx.Conj(sc.z[(M-k)%M])
-		X := (zk + zm) / 2
-		D := (zk - zm) / complex(0, 2)
+		X := (zk + zm) * 0.5
+		q := zk - zm // D = q / 2i
 		sc.px[k] = real(X)*real(X) + imag(X)*imag(X)
-		sc.ad[k] = cmplx.Abs(D)
+		sc.ad[k] = 0.5 * math.Hypot(real(q), imag(q))
 	}
 	// Autocorrelation: inverse transform of the power spectrum.
 	for k := 0; k <= half; k++ {
@@ -290,14 +291,21 @@ func partialCorr(a, b, c []float64) float64 {
 // exactly.
 func (sc *scratch) coherenceAt(x []float64, mean, f, sumD, sumAbs float64) float64 {
 	var dr, di, xr, xi float64
-	w := -2 * math.Pi * f
+	// Rotate a phasor instead of calling Sincos per bin; renormalise
+	// now and then against rounding drift.
+	ws, wc := math.Sincos(-2 * math.Pi * f)
+	c, s := 1.0, 0.0
 	for i := range x {
-		s, c := math.Sincos(w * float64(i))
 		dr += sc.d[i] * c
 		di += sc.d[i] * s
 		v := x[i] - mean
 		xr += v * c
 		xi += v * s
+		c, s = c*wc-s*ws, c*ws+s*wc
+		if i&1023 == 1023 {
+			m := 1 / math.Hypot(c, s)
+			c, s = c*m, s*m
+		}
 	}
 	var out float64
 	if sumD > 0 {
@@ -385,8 +393,9 @@ func (sc *scratch) crossCorrelate(a, b []float64, L int, out []float64) {
 	for k := 0; k <= half; k++ {
 		zk := sc.z[k]
 		zm := cmplx.Conj(sc.z[(M-k)%M])
-		A := (zk + zm) / 2
-		B := (zk - zm) / complex(0, 2)
+		A := (zk + zm) * 0.5
+		q := zk - zm
+		B := complex(0.5*imag(q), -0.5*real(q))
 		sc.z[k] = cmplx.Conj(A) * B
 	}
 	// The cross-spectrum of two real sequences is Hermitian, so the
