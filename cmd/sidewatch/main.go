@@ -36,6 +36,7 @@ func newRootCommand() *cobra.Command {
 	})
 	root.AddCommand(newAnalyzeCommand())
 	root.AddCommand(newTracegenCommand())
+	root.AddCommand(newEvaluateCommand())
 	return root
 }
 

@@ -10,7 +10,16 @@ import (
 
 // hopState is one VMI's findings of the current analysis.
 type hopState struct {
-	osc [2]trainOsc // [fine, coarse]
+	osc   [2]trainOsc // strongest [fine, coarse]
+	cands [4]trainOsc // every oscillation found: fine octaves, coarse
+	n     int
+}
+
+func (h *hopState) add(o trainOsc) {
+	if o.ok && h.n < len(h.cands) {
+		h.cands[h.n] = o
+		h.n++
+	}
 }
 
 // debugf, when set by a test, traces the detectors' decisions.
@@ -79,6 +88,12 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 		}
 		res, r := e.sc.analyseTrain(x, minLag, maxLag)
 		dense := float64(samples)/float64(N) >= 8
+		if res.ok && res.strength <= best.strength {
+			res.binNS, res.res, res.startNS, res.samples = binNS, resFine, i0*e.fineNS, samples
+			res.periodNS *= float64(binNS)
+			res.acLagNS *= float64(binNS)
+			v.hop.add(res)
+		}
 		if !res.ok || res.strength <= best.strength {
 			if dense {
 				break
@@ -86,11 +101,13 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 			continue
 		}
 		res.binNS = binNS
+		res.res = resFine
 		res.startNS = i0 * e.fineNS
 		res.samples = samples
 		res.periodNS *= float64(binNS)
 		res.acLagNS *= float64(binNS)
 		e.keepCurve(v, r, res)
+		v.hop.add(res)
 		best = res
 		if dense {
 			// Sampling noise is already small: coarser octaves add
@@ -136,6 +153,7 @@ func (e *Engine) coarseOsc(v *vmi, from, to int64) trainOsc {
 		return trainOsc{}
 	}
 	res.binNS = I
+	res.res = resCoarse
 	res.startNS = i0 * I
 	res.periodNS *= float64(I)
 	res.acLagNS *= float64(I)
@@ -169,6 +187,7 @@ func (e *Engine) keepCurve(v *vmi, r []float64, res trainOsc) {
 
 type covertPair struct {
 	a, b     *vmi
+	oa, ob   trainOsc
 	res      int
 	score    float64
 	rho      float64
@@ -207,6 +226,7 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			v.hop.osc[resFine] = e.fineOsc(v, from, B)
 		}
 		v.hop.osc[resCoarse] = e.coarseOsc(v, from, B)
+		v.hop.add(v.hop.osc[resCoarse])
 		if debugf != nil {
 			debugf("B=%.1fs %s fine=%+v coarse=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse])
 		}
@@ -258,20 +278,29 @@ func (e *Engine) meanLockRate(v *vmi, B, W int64) float64 {
 	return s / (float64((i1-i0)*I) / 1e9)
 }
 
-// restTrain is the sum of the trains of every VMI on the node but a and b
-// over the same bins as pairTrains.
-func (e *Engine) restTrain(n *node, a, b *vmi, res int, B int64, N int) []float64 {
+// dataCoupling is the correlation of the per-cycle activity of a and b
+// (already in sc.rx, sc.ry) that no single other VMI on the node, nor the
+// rest of the node together, explains: the smallest partial correlation
+// given each of them. It is capped below the threshold when too few cycles
+// make it insignificant.
+func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, pb, off float64) float64 {
+	cfg := e.cfg.CacheOscillation
+	nc := min(len(e.sc.rx), len(e.sc.ry))
+	if nc < cfg.MinRepetitions-1 || nc < 5 {
+		return 0
+	}
+	ra, rb := e.sc.rx[:nc], e.sc.ry[:nc]
+	rho := math.Abs(pearson(ra, rb))
+	W := cfg.Window.Nanoseconds()
+	from := max(B-W, a.first, b.first)
 	e.sc.rest = grow(e.sc.rest, N)
 	clear(e.sc.rest)
 	e.sc.one = grow(e.sc.one, N)
-	W := e.cfg.CacheOscillation.Window.Nanoseconds()
-	from := max(B-W, a.first, b.first)
-	for _, v := range n.vmis {
+	for _, v := range a.node.vmis {
 		if v == a || v == b || v.last < B-W {
 			continue
 		}
 		if res == resFine {
-			binNS := max(a.hop.osc[resFine].binNS, b.hop.osc[resFine].binNS)
 			e.fineTrain(v, from, B, int(binNS/e.fineNS), e.sc.one)
 		} else {
 			e.coarseTrain(v, trace.LLCMisses, (from+e.coarseNS-1)/e.coarseNS, e.sc.one)
@@ -279,17 +308,60 @@ func (e *Engine) restTrain(n *node, a, b *vmi, res int, B int64, N int) []float6
 		for i, x := range e.sc.one {
 			e.sc.rest[i] += x
 		}
+		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
+		if len(e.sc.tmpl) >= nc {
+			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+		}
 	}
-	return e.sc.rest
+	e.sc.tmpl = cycleSums(e.sc.rest, pb, off, e.sc.tmpl)
+	if len(e.sc.tmpl) >= nc {
+		rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+	}
+	// Bus locks stall every VMI's memory accesses: a lock sender drives
+	// the cache trains of all its neighbours at once.
+	for _, v := range a.node.vmis {
+		if v.last < B-W || e.meanLockRate(v, B, W) < e.cfg.BusLock.MinBurstRate/10 {
+			continue
+		}
+		if res == resFine {
+			if e.lockNS == 0 {
+				continue
+			}
+			clear(e.sc.one)
+			i0 := (from + e.fineNS - 1) / e.fineNS * e.fineNS
+			for k := (i0 + e.lockNS - 1) / e.lockNS; k < B/e.lockNS; k++ {
+				j := int((k*e.lockNS - i0) / binNS)
+				if j >= 0 && j < N {
+					e.sc.one[j] += float64(v.locks[0].get(k)) + float64(v.locks[1].get(k))
+				}
+			}
+		} else {
+			i0 := (from + e.coarseNS - 1) / e.coarseNS
+			for j := range N {
+				e.sc.one[j] = 0
+				if bb := v.coarse.get(i0 + int64(j)); bb != nil {
+					e.sc.one[j] = float64(max(bb.c[trace.BusLocks], bb.c[trace.SplitLocks]))
+				}
+			}
+		}
+		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
+		if len(e.sc.tmpl) >= nc {
+			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+		}
+	}
+	// Few cycles correlate by chance: require significance too.
+	if t := rho * math.Sqrt(float64(nc-3)) / math.Sqrt(max(1e-9, 1-rho*rho)); t < 4 {
+		rho = min(rho, cfg.MinAutocorrelation*0.99)
+	}
+	return rho
 }
 
 // pairTrains builds both VMIs' trains at a common resolution into sc.x and
 // sc.y.
-func (e *Engine) pairTrains(a, b *vmi, res int, B int64) (x, y []float64, binNS, start int64) {
+func (e *Engine) pairTrains(a, b *vmi, res int, binNS, B int64) (x, y []float64, _, start int64) {
 	W := e.cfg.CacheOscillation.Window.Nanoseconds()
 	from := max(B-W, a.first, b.first)
 	if res == resFine {
-		binNS = max(a.hop.osc[resFine].binNS, b.hop.osc[resFine].binNS)
 		factor := int(binNS / e.fineNS)
 		i0 := (from + e.fineNS - 1) / e.fineNS
 		N := int((B/e.fineNS - i0) / int64(factor))
@@ -330,68 +402,11 @@ func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 	if last, ok := e.pairSeen[pk]; ok && last == B-e.hopNS {
 		minOsc *= 0.8
 	}
-	for _, res := range [...]int{resFine, resCoarse} {
-		oa, ob := a.hop.osc[res], b.hop.osc[res]
-		if !oa.ok || !ob.ok || oa.strength < minOsc || ob.strength < minOsc {
-			continue
-		}
-		bin := max(oa.binNS, ob.binNS)
-		if !periodsMatch(oa.periodNS, ob.periodNS, bin) {
-			continue
-		}
-		period := min(oa.periodNS, ob.periodNS)
-		x, y, binNS, _ := e.pairTrains(a, b, res, B)
-		if x == nil {
-			continue
-		}
-		L := max(1, min(len(x)/4, int(math.Ceil(0.5*period/float64(binNS)))))
-		e.sc.r = grow(e.sc.r, 2*L+1)
-		cc := e.sc.r
-		e.sc.crossCorrelate(x, y, L, cc)
-		rho, lag := 0.0, 0
-		for t := -L; t <= L; t++ {
-			if v := math.Abs(cc[L+t]); v > rho {
-				rho, lag = v, t
+	for ia := 0; ia < a.hop.n; ia++ {
+		for ib := 0; ib < b.hop.n; ib++ {
+			if p, ok := e.pairAt(a, b, a.hop.cands[ia], b.hop.cands[ib], minOsc, B); ok && p.score > best.score {
+				best = p
 			}
-		}
-		if debugf != nil {
-			debugf("  pair %s %s res=%d rho=%.2f lag=%d period=%.1fms", a.ref, b.ref, res, rho, lag, period/1e6)
-		}
-		if rho < cfg.MinAutocorrelation {
-			continue
-		}
-		// Data coupling: two timers with the same period always line up
-		// at some lag. A channel's receiver also follows the sender's data:
-		// how much activity each cycle holds changes from cycle to cycle,
-		// in step at both ends, and not because of the rest of the node
-		// (co-runner interference moves every cache-sensitive VMI at once).
-		pb := period / float64(binNS)
-		offA, offB := 0.0, float64(lag)
-		if lag < 0 {
-			offA, offB = float64(-lag), 0
-		}
-		e.sc.rx = cycleSums(x, pb, offA, e.sc.rx)
-		e.sc.ry = cycleSums(y, pb, offB, e.sc.ry)
-		rest := e.restTrain(a.node, a, b, res, B, len(x))
-		e.sc.tmpl = cycleSums(rest, pb, offA, e.sc.tmpl)
-		nc := min(len(e.sc.rx), len(e.sc.ry), len(e.sc.tmpl))
-		dataRho := 0.0
-		if nc >= cfg.MinRepetitions-1 && nc >= 5 {
-			dataRho = math.Abs(partialCorr(e.sc.rx[:nc], e.sc.ry[:nc], e.sc.tmpl[:nc]))
-			// Few cycles correlate by chance: require significance too.
-			if t := dataRho * math.Sqrt(float64(nc-3)) / math.Sqrt(max(1e-9, 1-dataRho*dataRho)); t < 4 {
-				dataRho = min(dataRho, cfg.MinAutocorrelation*0.99)
-			}
-		}
-		if debugf != nil {
-			debugf("    data rho=%.2f cycles=%d", dataRho, nc)
-		}
-		if dataRho < cfg.MinAutocorrelation {
-			continue
-		}
-		score := math.Pow(min(1, oa.strength)*min(1, ob.strength)*min(1, rho)*min(1, dataRho), 0.25)
-		if score > best.score {
-			best = covertPair{a: a, b: b, res: res, score: score, rho: rho, dataRho: dataRho, lagBins: float64(lag), periodNS: period, binNS: binNS}
 		}
 	}
 	if best.a != nil {
@@ -400,6 +415,61 @@ func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 		delete(e.pairSeen, pk)
 	}
 	return best, best.a != nil
+}
+
+// pairAt judges a pair on one oscillation of each.
+func (e *Engine) pairAt(a, b *vmi, oa, ob trainOsc, minOsc float64, B int64) (covertPair, bool) {
+	cfg := e.cfg.CacheOscillation
+	res := oa.res
+	if oa.res != ob.res || oa.strength < minOsc || ob.strength < minOsc {
+		return covertPair{}, false
+	}
+	bin := max(oa.binNS, ob.binNS)
+	if !periodsMatch(oa.periodNS, ob.periodNS, bin) {
+		return covertPair{}, false
+	}
+	period := min(oa.periodNS, ob.periodNS)
+	x, y, binNS, _ := e.pairTrains(a, b, res, bin, B)
+	if x == nil {
+		return covertPair{}, false
+	}
+	L := max(1, min(len(x)/4, int(math.Ceil(0.5*period/float64(binNS)))))
+	e.sc.r = grow(e.sc.r, 2*L+1)
+	cc := e.sc.r
+	e.sc.crossCorrelate(x, y, L, cc)
+	rho, lag := 0.0, 0
+	for t := -L; t <= L; t++ {
+		if v := math.Abs(cc[L+t]); v > rho {
+			rho, lag = v, t
+		}
+	}
+	if debugf != nil {
+		debugf("  pair %s %s res=%d rho=%.2f lag=%d period=%.1fms", a.ref, b.ref, res, rho, lag, period/1e6)
+	}
+	if rho < cfg.MinAutocorrelation {
+		return covertPair{}, false
+	}
+	// Data coupling: two timers with the same period always line up
+	// at some lag. A channel's receiver also follows the sender's data:
+	// how much activity each cycle holds changes from cycle to cycle,
+	// in step at both ends, and not because of the rest of the node
+	// (co-runner interference moves every cache-sensitive VMI at once).
+	pb := period / float64(binNS)
+	offA, offB := 0.0, float64(lag)
+	if lag < 0 {
+		offA, offB = float64(-lag), 0
+	}
+	e.sc.rx = cycleSums(x, pb, offA, e.sc.rx)
+	e.sc.ry = cycleSums(y, pb, offB, e.sc.ry)
+	dataRho := e.dataCoupling(a, b, res, binNS, B, len(x), pb, offA)
+	if debugf != nil {
+		debugf("    data rho=%.2f", dataRho)
+	}
+	if dataRho < cfg.MinAutocorrelation {
+		return covertPair{}, false
+	}
+	score := math.Pow(min(1, oa.strength)*min(1, ob.strength)*min(1, rho)*min(1, dataRho), 0.25)
+	return covertPair{a: a, b: b, oa: oa, ob: ob, res: res, score: score, rho: rho, dataRho: dataRho, lagBins: float64(lag), periodNS: period, binNS: binNS}, true
 }
 
 type pairKey struct{ a, b *vmi }
@@ -469,7 +539,10 @@ func (e *Engine) emitCovert(n *node, B int64, p covertPair) {
 	}
 	key := episodeKey{typ: v1alpha1.CacheCovertChannel, node: n.name, victim: victim.v.ref, other: other.ref}
 	e.evidence(key, B, W, func() Detection {
-		vo, oo := victim.v.hop.osc[p.res], other.hop.osc[p.res]
+		vo, oo := p.oa, p.ob
+		if victim.v == p.b {
+			vo, oo = p.ob, p.oa
+		}
 		lagNS := int64(p.lagBins * float64(p.binNS))
 		if victim.v == p.b {
 			lagNS = -lagNS
@@ -509,13 +582,17 @@ func (e *Engine) covertSeries(B int64, p covertPair, victim, other *vmi) *Series
 			c.LagsNS = append(c.LagsNS, int64(i)*victim.acCurveLag)
 		}
 		s.Autocorrelation = c
-		lag := victim.hop.osc[p.res].acLagNS
+		vo := p.oa
+		if victim == p.b {
+			vo = p.ob
+		}
+		lag := vo.acLagNS
 		if lag <= 0 {
-			lag = victim.hop.osc[p.res].periodNS
+			lag = vo.periodNS
 		}
 		s.PeakLagNS = int64(lag)
 	}
-	x, y, binNS, start := e.pairTrains(victim, other, p.res, B)
+	x, y, binNS, start := e.pairTrains(victim, other, p.res, p.binNS, B)
 	if x == nil {
 		return s
 	}

@@ -36,6 +36,7 @@ func grow[T any](s []T, n int) []T {
 // trainOsc is what analyseTrain found in one event train.
 type trainOsc struct {
 	ok       bool
+	res      int // resFine or resCoarse
 	binNS    int64
 	startNS  int64
 	nbins    int
