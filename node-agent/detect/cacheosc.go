@@ -278,6 +278,30 @@ func (e *Engine) meanLockRate(v *vmi, B, W int64) float64 {
 	return s / (float64((i1-i0)*I) / 1e9)
 }
 
+// quietPhase returns the offset (in bins, within one period) at which the
+// summed activity of x (from offA) and y (from offB) folded on period pb is
+// lowest.
+func (e *Engine) quietPhase(x, y []float64, pb, offA, offB float64) float64 {
+	nph := max(2, min(256, int(pb)))
+	e.sc.fold = grow(e.sc.fold, nph)
+	clear(e.sc.fold)
+	add := func(v []float64, off float64) {
+		for i := int(math.Ceil(off)); i < len(v); i++ {
+			ph := int(math.Mod(float64(i)-off, pb) / pb * float64(nph))
+			e.sc.fold[min(ph, nph-1)] += v[i]
+		}
+	}
+	add(x, offA)
+	add(y, offB)
+	best := 0
+	for k, v := range e.sc.fold {
+		if v < e.sc.fold[best] {
+			best = k
+		}
+	}
+	return (float64(best) + 0.5) * pb / float64(nph)
+}
+
 // dataCoupling is the correlation of the per-cycle activity of a and b
 // (already in sc.rx, sc.ry) that no single other VMI on the node, nor the
 // rest of the node together, explains: the smallest partial correlation
@@ -459,6 +483,13 @@ func (e *Engine) pairAt(a, b *vmi, oa, ob trainOsc, minOsc float64, B int64) (co
 	if lag < 0 {
 		offA, offB = float64(-lag), 0
 	}
+	// Cut the cycles where both ends are quietest, so that a burst is
+	// never split between two cycles (a slightly wrong period would
+	// otherwise move the split from cycle to cycle, the same way at both
+	// ends of two synchronised timers).
+	cut := e.quietPhase(x, y, pb, offA, offB)
+	offA += cut
+	offB += cut
 	e.sc.rx = cycleSums(x, pb, offA, e.sc.rx)
 	e.sc.ry = cycleSums(y, pb, offB, e.sc.ry)
 	dataRho := e.dataCoupling(a, b, res, binNS, B, len(x), pb, offA)

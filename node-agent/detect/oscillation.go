@@ -23,6 +23,7 @@ type scratch struct {
 	rest []float64
 	one  []float64
 	fine []float64
+	fold []float64
 	cand []*vmi
 }
 

@@ -34,7 +34,7 @@ func Grid(scale Scale, seed uint64) []Scenario {
 	var out []Scenario
 	reps := 2
 	benignN, benignDur := 80, 10*time.Minute
-	attackDur := 4 * time.Minute
+	attackDur := 3 * time.Minute
 	covertPeriods := []time.Duration{5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
 	lockPeriods := []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
 	codings := []Coding{NRZ, RZ, Manchester, Alternating}
