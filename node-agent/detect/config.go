@@ -89,7 +89,7 @@ func ConfigFromPolicy(spec v1alpha1.SideChannelPolicySpec) Config {
 		DefaultSamplePeriod: s.Collection.SamplePeriod,
 		Lateness:            time.Second,
 		Persistence:         2,
-		MaxFineBins:         8192,
+		MaxFineBins:         16384,
 		CacheOscillation: CacheOscillationConfig{
 			Enabled:            v1alpha1.IsEnabled(d.CacheOscillation.Enabled),
 			Window:             d.CacheOscillation.Window.Duration,

@@ -133,7 +133,7 @@ func New(cfg Config) (*Engine, error) {
 		e.maxWinNS, minWin = 10*e.coarseNS, 10*e.coarseNS
 	}
 	// Four analyses per (shortest) window, on interval boundaries.
-	e.hopNS = max(e.coarseNS, minWin/4/e.coarseNS*e.coarseNS)
+	e.hopNS = max(e.coarseNS, minWin/2/e.coarseNS*e.coarseNS)
 	keep := e.maxWinNS + e.hopNS + e.latenessNS + 2*e.coarseNS
 	e.coarseLen = int(keep/e.coarseNS) + 2
 	if cfg.CacheOscillation.Enabled {

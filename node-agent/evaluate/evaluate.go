@@ -42,13 +42,17 @@ type Result struct {
 	// as the truth has it (covert channels), when it named one.
 	RoleCorrect bool
 	// False are detection episodes that do not describe the scenario's
-	// attack (all of them in a benign scenario).
-	False    []Finding
-	VMIHours float64
-	Rows     int64
-	Elapsed  time.Duration
-	WindowNS int64
-	Err      error
+	// attack (all of them in a benign scenario): another type, or a victim
+	// that is not a participant.
+	False []Finding
+	// Incomplete are episodes of the right type and victim that missed a
+	// participant among the suspects.
+	Incomplete []Finding
+	VMIHours   float64
+	Rows       int64
+	Elapsed    time.Duration
+	WindowNS   int64
+	Err        error
 }
 
 // Run evaluates the scenarios with cfg, parallel at a time. progress, if
@@ -161,9 +165,14 @@ func score(res *Result, dets []detect.Detection) {
 			}
 			continue
 		}
-		if d.Repeat == 0 {
-			res.False = append(res.False, f)
+		if d.Repeat != 0 {
+			continue
 		}
+		if res.Attack && d.TimeNS >= t.OnsetNS && string(d.Type) == string(t.Type) && slices.Contains(t.Ends, f.Victim) {
+			res.Incomplete = append(res.Incomplete, f)
+			continue
+		}
+		res.False = append(res.False, f)
 	}
 }
 

@@ -11,15 +11,16 @@ import (
 
 // Summary aggregates results per family.
 type Summary struct {
-	Family    string
-	Scenarios int
-	Detected  int
-	Latencies []float64 // seconds
-	RoleRight int
-	RoleTotal int
-	False     int
-	VMIHours  float64
-	Failures  []string
+	Family     string
+	Scenarios  int
+	Detected   int
+	Latencies  []float64 // seconds
+	RoleRight  int
+	RoleTotal  int
+	Incomplete int
+	False      int
+	VMIHours   float64
+	Failures   []string
 }
 
 // Summarise groups results by family, attack families first.
@@ -44,6 +45,7 @@ func Summarise(results []Result) (attacks []Summary, benign Summary) {
 		s.Scenarios++
 		s.VMIHours += r.VMIHours
 		s.False += len(r.False)
+		s.Incomplete += len(r.Incomplete)
 		if r.Detected {
 			s.Detected++
 			s.Latencies = append(s.Latencies, float64(r.LatencyNS)/1e9)
@@ -106,14 +108,14 @@ func Render(results []Result, command string, windowNS int64, elapsed time.Durat
 	fp := 100 * float64(benign.False) / math.Max(benign.VMIHours, 1e-9)
 	fmt.Fprintf(&b, "| false findings per 100 VMI-hours (benign nodes) | <= 1 | %.2f (%d in %.1f VMI-hours; 95%% upper bound %.2f) |\n", fp, benign.False, benign.VMIHours, 100*poissonUpper95(benign.False)/math.Max(benign.VMIHours, 1e-9))
 	fmt.Fprintf(&b, "| median detection latency | < 3 windows (%.0fs) | %.1fs = %.2f windows |\n\n", 3*w, percentile(lat, 0.5), percentile(lat, 0.5)/w)
-	fmt.Fprintf(&b, "## Per attack family\n\n| family | scenarios | detected | TPR | latency p50 | p90 | max | roles right | spurious findings |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	fmt.Fprintf(&b, "## Per attack family\n\n| family | scenarios | detected | TPR | latency p50 | p90 | max | roles right | spurious findings | incomplete episodes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range attacks {
 		role := "n/a"
 		if s.RoleTotal > 0 {
 			role = fmt.Sprintf("%d/%d", s.RoleRight, s.RoleTotal)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %.1f%% | %.1fs | %.1fs | %.1fs | %s | %d |\n", s.Family, s.Scenarios, s.Detected, 100*float64(s.Detected)/float64(s.Scenarios),
-			percentile(s.Latencies, 0.5), percentile(s.Latencies, 0.9), percentile(s.Latencies, 1), role, s.False)
+		fmt.Fprintf(&b, "| %s | %d | %d | %.1f%% | %.1fs | %.1fs | %.1fs | %s | %d | %d |\n", s.Family, s.Scenarios, s.Detected, 100*float64(s.Detected)/float64(s.Scenarios),
+			percentile(s.Latencies, 0.5), percentile(s.Latencies, 0.9), percentile(s.Latencies, 1), role, s.False, s.Incomplete)
 	}
 	fmt.Fprintf(&b, "\n## Benign nodes\n\n%d traces, %.1f VMI-hours, %d false findings (%.2f per 100 VMI-hours).\n", benign.Scenarios, benign.VMIHours, benign.False, fp)
 	for _, f := range benign.Failures {
@@ -123,6 +125,7 @@ func Render(results []Result, command string, windowNS int64, elapsed time.Durat
 	for _, s := range attacks {
 		fails = append(fails, s.Failures...)
 	}
+	b.WriteString("\n\"Spurious findings\" in attack scenarios are episodes of another type or with a victim outside the attack (they count as false findings too); \"incomplete episodes\" are later episodes of the right type and victim that missed a participant among the suspects.\n")
 	b.WriteString("\n## Misses and spurious findings in attack scenarios\n\n")
 	if len(fails) == 0 {
 		b.WriteString("None.\n")
