@@ -37,6 +37,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newAnalyzeCommand())
 	root.AddCommand(newTracegenCommand())
 	root.AddCommand(newEvaluateCommand())
+	root.AddCommand(newProfileCommand())
 	return root
 }
 
