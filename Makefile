@@ -18,7 +18,7 @@ demo: control-plane ## Run the demo on an embedded local control plane (Ctrl-C s
 	$(GO) run ./hack/demo
 
 .PHONY: test
-test: control-plane lint verify-generated ## Run every test, building the control plane binaries if the cache is empty.
+test: control-plane lint verify-generated fuzz-short ## Run every test, building the control plane binaries if the cache is empty.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -timeout $(TEST_TIMEOUT) ./...
 
 ##@ Build
@@ -63,6 +63,18 @@ lint: ## gofmt and go vet.
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# Every Fuzz target in the repository runs for FUZZTIME each (seed corpus
+# first); go test runs one fuzz target per invocation.
+FUZZTIME ?= 5s
+.PHONY: fuzz-short
+fuzz-short: ## Run each fuzz target for a few seconds.
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do \
+	  for fn in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+	    $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) >/dev/null || { $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); exit 1; }; \
+	  done; \
+	done
 
 .PHONY: help
 help: ## Show targets.
