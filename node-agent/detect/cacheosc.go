@@ -210,6 +210,7 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 	cfg := e.cfg.CacheOscillation
 	W := cfg.Window.Nanoseconds()
 	cands := e.sc.cand[:0]
+	followers := e.sc.followers[:0]
 	for _, v := range n.vmis {
 		v.hop = hopState{}
 		v.acCurve = v.acCurve[:0]
@@ -237,16 +238,26 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 		}
 		if v.hop.osc[resFine].strength >= 0.8*cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= 0.8*cfg.MinAutocorrelation {
 			cands = append(cands, v)
+		} else {
+			followers = append(followers, v)
 		}
 	}
-	e.sc.cand = cands
-	if len(cands) < 2 {
+	e.sc.cand, e.sc.followers = cands, followers
+	if len(cands) == 0 {
 		return
 	}
 	var pairs []covertPair
 	for i := 0; i < len(cands); i++ {
 		for j := i + 1; j < len(cands); j++ {
 			if p, ok := e.pairCovert(cands[i], cands[j], B); ok {
+				pairs = append(pairs, p)
+			}
+		}
+		// A receiver whose own train is too sparse to show the clock can
+		// still be told by how closely it follows the data of a VMI that
+		// does oscillate.
+		for _, f := range followers {
+			if p, ok := e.pairFollower(cands[i], f, B); ok {
 				pairs = append(pairs, p)
 			}
 		}
@@ -504,6 +515,35 @@ func (e *Engine) pairAt(a, b *vmi, oa, ob trainOsc, minOsc float64, B int64) (co
 }
 
 type pairKey struct{ a, b *vmi }
+
+// followerMinData is the data coupling a VMI needs to pair with an
+// oscillating one when its own train shows no clock: the sender's bit
+// clock is established by the other end, so only a receiver that follows
+// its data almost exactly is named.
+const followerMinData = 0.8
+
+// pairFollower judges a pair of an oscillating VMI a and a VMI f whose own
+// train did not show an oscillation.
+func (e *Engine) pairFollower(a, f *vmi, B int64) (covertPair, bool) {
+	cfg := e.cfg.CacheOscillation
+	best := covertPair{}
+	for i := 0; i < a.hop.n; i++ {
+		oa := a.hop.cands[i]
+		if oa.strength < cfg.MinAutocorrelation {
+			continue
+		}
+		of := trainOsc{ok: true, res: oa.res, binNS: oa.binNS, periodNS: oa.periodNS}
+		p, ok := e.pairAt(a, f, oa, of, 0, B)
+		if !ok || p.dataRho < max(followerMinData, cfg.MinAutocorrelation) {
+			continue
+		}
+		p.score = math.Pow(min(1, oa.strength)*min(1, p.rho)*min(1, p.dataRho)*min(1, p.dataRho), 0.25)
+		if p.score > best.score {
+			best = p
+		}
+	}
+	return best, best.a != nil
+}
 
 // end is one participant of a covert channel.
 type end struct {

@@ -8,23 +8,24 @@ import (
 // scratch holds the buffers analyses reuse, so that steady-state analysis
 // does not allocate.
 type scratch struct {
-	f    fft
-	z    []complex128
-	x    []float64
-	y    []float64
-	d    []float64
-	tmp  []float64
-	px   []float64
-	ad   []float64
-	r    []float64
-	rx   []float64
-	ry   []float64
-	tmpl []float64
-	rest []float64
-	one  []float64
-	fine []float64
-	fold []float64
-	cand []*vmi
+	f         fft
+	z         []complex128
+	x         []float64
+	y         []float64
+	d         []float64
+	tmp       []float64
+	px        []float64
+	ad        []float64
+	r         []float64
+	rx        []float64
+	ry        []float64
+	tmpl      []float64
+	rest      []float64
+	one       []float64
+	fine      []float64
+	fold      []float64
+	cand      []*vmi
+	followers []*vmi
 }
 
 func grow[T any](s []T, n int) []T {

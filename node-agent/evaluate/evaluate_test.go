@@ -23,4 +23,27 @@ func TestQuickGrid(t *testing.T) {
 		}
 	})
 	t.Log("\n" + Render(results, "go test ./node-agent/evaluate", detect.DefaultConfig().CacheOscillation.Window.Nanoseconds(), time.Since(start)))
+	attacks, benign := Summarise(results)
+	window := detect.DefaultConfig().CacheOscillation.Window.Seconds()
+	var lat []float64
+	for _, s := range attacks {
+		if s.Detected != s.Scenarios {
+			t.Errorf("%s: %d of %d attacks detected, want all: %v", s.Family, s.Detected, s.Scenarios, s.Failures)
+		}
+		if s.False > 0 {
+			t.Errorf("%s: %d spurious findings: %v", s.Family, s.False, s.Failures)
+		}
+		lat = append(lat, s.Latencies...)
+	}
+	if benign.False > 0 {
+		t.Errorf("benign nodes: %d false findings: %v", benign.False, benign.Failures)
+	}
+	if p50 := percentile(lat, 0.5); p50 >= 3*window {
+		t.Errorf("median latency %.1fs, want under 3 windows (%.0fs)", p50, 3*window)
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			t.Errorf("%s: %v", r.Scenario, r.Err)
+		}
+	}
 }

@@ -14,7 +14,11 @@ func TestWriteScenario(t *testing.T) {
 	if name == "" {
 		t.Skip("set SIDEWATCH_SCENARIO and SIDEWATCH_SCENARIO_OUT")
 	}
-	for _, sc := range tracegen.Grid(tracegen.Quick, 7) {
+	scale := tracegen.Quick
+	if os.Getenv("SIDEWATCH_SCALE") == "full" {
+		scale = tracegen.Full
+	}
+	for _, sc := range tracegen.Grid(scale, 7) {
 		if sc.Name != name {
 			continue
 		}

@@ -40,8 +40,8 @@ func Grid(scale Scale, seed uint64) []Scenario {
 	codings := []Coding{NRZ, RZ, Manchester, Alternating}
 	sideReps := 20
 	if scale == Quick {
-		reps, benignN, benignDur, attackDur = 1, 3, 5*time.Minute, 3*time.Minute
-		covertPeriods = []time.Duration{10 * time.Millisecond, 50 * time.Millisecond, 500 * time.Millisecond}
+		reps, benignN, benignDur, attackDur = 1, 3, 4*time.Minute, 150*time.Second
+		covertPeriods = []time.Duration{25 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond}
 		lockPeriods = []time.Duration{50 * time.Millisecond, 200 * time.Millisecond}
 		codings = []Coding{NRZ, RZ}
 		sideReps = 2
