@@ -162,6 +162,9 @@ func Generate(w io.Writer, sc Scenario) (Truth, error) {
 		onset := a.Onset.Seconds()
 		truth.OnsetNS = a.Onset.Nanoseconds()
 		truth.Family = string(a.Kind)
+		if strings.HasPrefix(sc.Name, "sparse-") {
+			truth.Family = "sparse-" + string(a.Kind)
+		}
 		cover := func() workload { return newIdle(rng) }
 		switch a.Kind {
 		case CacheCovert, BusLockCovert:
