@@ -59,7 +59,7 @@ func (e *Engine) coarseBursts(v *vmi, from, to int64, out []burst) []burst {
 // fineBursts clusters lock samples into bursts: the gaps between samples
 // fall into short ones (inside a burst) and long ones (between bursts); the
 // split is the largest jump in the sorted gaps.
-func (e *Engine) fineBursts(v *vmi, from, to int64, out []burst) ([]burst, int64) {
+func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) ([]burst, int64) {
 	out = out[:0]
 	ring := &v.locks[0]
 	period := e.cfg.samplePeriod(trace.BusLocks)
@@ -97,14 +97,26 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, out []burst) ([]burst, int64
 	sorted := append(e.sc.y[:0], gaps...)
 	e.sc.y = sorted
 	slices.Sort(sorted)
-	split, bestRatio := 0.0, 3.0
-	for k := len(sorted) / 10; k+1 < len(sorted); k++ {
+	bestRatio := 3.0
+	for k := len(sorted) / 10; split == 0 && k+1 < len(sorted); k++ {
 		if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
 			break
 		}
 		lo := max(sorted[k], float64(e.lockNS))
 		if r := sorted[k+1] / lo; r > bestRatio {
-			bestRatio, split = r, math.Sqrt(lo*sorted[k+1])
+			bestRatio = r
+		}
+	}
+	if split == 0 {
+		for k := len(sorted) / 10; k+1 < len(sorted); k++ {
+			if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
+				break
+			}
+			lo := max(sorted[k], float64(e.lockNS))
+			if sorted[k+1]/lo == bestRatio {
+				split = math.Sqrt(lo * sorted[k+1])
+				break
+			}
 		}
 	}
 	if split == 0 {
@@ -188,9 +200,19 @@ func burstClock(starts, ends []float64, minT float64) (T, R float64) {
 				if T0 < minT {
 					continue
 				}
+				// Coarse then fine search: over a window of many cycles a
+				// period off by a fraction of a percent drifts a whole
+				// cycle.
 				bt, br := T0, 0.0
 				for k := -20; k <= 20; k++ {
 					t := T0 * (1 + 0.005*float64(k))
+					if r := coh(t, mode); r > br {
+						bt, br = t, r
+					}
+				}
+				c := bt
+				for k := -25; k <= 25; k++ {
+					t := c * (1 + 0.0002*float64(k))
 					if r := coh(t, mode); r > br {
 						bt, br = t, r
 					}
@@ -271,8 +293,16 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 		}
 		var best lockFinding
 		found := false
-		fine, samples := e.fineBursts(v, from, B, nil)
-		if f, ok := e.judgeBursts(fine, e.lockNS); ok {
+		fine, samples := e.fineBursts(v, from, B, 0, nil)
+		f, ok := e.judgeBursts(fine, e.lockNS)
+		if !ok && f.periodNS > 0 {
+			// With the clock known, a silent slot separates bursts: split
+			// the samples at gaps over half a period, so that a long wait
+			// between two samples inside a burst does not start a new one.
+			fine, samples = e.fineBursts(v, from, B, max(2*float64(e.lockNS), f.periodNS/2), nil)
+			f, ok = e.judgeBursts(fine, e.lockNS)
+		}
+		if ok {
 			best, found = f, true
 			best.samples = samples
 		}

@@ -51,16 +51,19 @@ func Grid(scale Scale, seed uint64) []Scenario {
 	codings := []Coding{NRZ, RZ, Manchester, Alternating}
 	sideReps := 20
 	if scale == Quick {
-		reps, benignN, benignDur, attackDur = 1, 3, 4*time.Minute, 150*time.Second
+		reps, benignN, benignDur, attackDur = 1, 2, 3*time.Minute, 2*time.Minute
 		covertPeriods = []time.Duration{25 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond}
 		lockPeriods = []time.Duration{50 * time.Millisecond, 200 * time.Millisecond}
 		codings = []Coding{NRZ, RZ}
-		sideReps = 2
+		sideReps = 1
 	}
 	protects := []string{"sender", "receiver", "both"}
 	n := 0
 	next := func() uint64 { n++; return seed*1000003 + uint64(n) }
 	onset := func() time.Duration { return time.Duration(60+rng.IntN(60)) * time.Second }
+	if scale == Quick {
+		onset = func() time.Duration { return time.Duration(40+rng.IntN(30)) * time.Second }
+	}
 	for _, p := range covertPeriods {
 		for _, c := range codings {
 			for r := 0; r < reps; r++ {
