@@ -526,23 +526,24 @@ const followerMinData = 0.8
 // train did not show an oscillation.
 func (e *Engine) pairFollower(a, f *vmi, B int64) (covertPair, bool) {
 	cfg := e.cfg.CacheOscillation
-	best := covertPair{}
+	// Only the strongest oscillation of a: each try costs a transform.
+	k := -1
 	for i := 0; i < a.hop.n; i++ {
-		oa := a.hop.cands[i]
-		if oa.strength < cfg.MinAutocorrelation {
-			continue
-		}
-		of := trainOsc{ok: true, res: oa.res, binNS: oa.binNS, periodNS: oa.periodNS}
-		p, ok := e.pairAt(a, f, oa, of, 0, B)
-		if !ok || p.dataRho < max(followerMinData, cfg.MinAutocorrelation) {
-			continue
-		}
-		p.score = math.Pow(min(1, oa.strength)*min(1, p.rho)*min(1, p.dataRho)*min(1, p.dataRho), 0.25)
-		if p.score > best.score {
-			best = p
+		if a.hop.cands[i].strength >= cfg.MinAutocorrelation && (k < 0 || a.hop.cands[i].strength > a.hop.cands[k].strength) {
+			k = i
 		}
 	}
-	return best, best.a != nil
+	if k < 0 {
+		return covertPair{}, false
+	}
+	oa := a.hop.cands[k]
+	of := trainOsc{ok: true, res: oa.res, binNS: oa.binNS, periodNS: oa.periodNS}
+	p, ok := e.pairAt(a, f, oa, of, 0, B)
+	if !ok || p.dataRho < max(followerMinData, cfg.MinAutocorrelation) {
+		return covertPair{}, false
+	}
+	p.score = math.Pow(min(1, oa.strength)*min(1, p.rho)*min(1, p.dataRho)*min(1, p.dataRho), 0.25)
+	return p, true
 }
 
 // end is one participant of a covert channel.
