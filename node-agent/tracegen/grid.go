@@ -43,13 +43,13 @@ func samplePeriodFor(missesPerBit float64) int64 {
 func Grid(scale Scale, seed uint64) []Scenario {
 	rng := rand.New(rand.NewPCG(seed, 0x9e1d))
 	var out []Scenario
-	reps := 2
-	benignN, benignDur := 80, 10*time.Minute
+	reps := 1
+	benignN, benignDur := 60, 10*time.Minute
 	attackDur := 3 * time.Minute
 	covertPeriods := []time.Duration{5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
 	lockPeriods := []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
 	codings := []Coding{NRZ, RZ, Manchester, Alternating}
-	sideReps := 20
+	sideReps := 15
 	if scale == Quick {
 		reps, benignN, benignDur, attackDur = 1, 2, 3*time.Minute, 2*time.Minute
 		covertPeriods = []time.Duration{25 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond}
