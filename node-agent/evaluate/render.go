@@ -140,6 +140,7 @@ func Render(results []Result, command string, windowNS int64, elapsed time.Durat
 	for _, f := range fails {
 		fmt.Fprintf(&b, "- %s\n", f)
 	}
+	b.WriteString(Caveats)
 	b.WriteString("\n## Per scenario\n\n| scenario | detected | latency | false findings |\n| --- | --- | --- | --- |\n")
 	for _, r := range results {
 		if !r.Attack {
@@ -163,3 +164,32 @@ func poissonUpper95(k int) float64 {
 	x := df * math.Pow(1-2/(9*df)+z*math.Sqrt(2/(9*df)), 3)
 	return x / 2
 }
+
+// Caveats is the part of the report that says what the numbers do not show.
+const Caveats = `
+## What these numbers do not show
+
+- The scenarios come from sidewatch's own generator. The detectors are built
+  on the physics of each channel (a bit clock, two ends carrying the same
+  data, timing against the victim's sensitive phases) and are tested on
+  hand-written traces too (node-agent/detect/engine_test.go,
+  handmade_test.go), but traces written independently may hold cases the
+  generator does not make.
+- A covert channel is paired by its data: two ends whose per-cycle activity
+  moves together beyond what any other VMI or a bus-lock sender explains.
+  A channel that sends a constant pattern (a pure 1010 carrier with no
+  data) is, by design, not told apart from two synchronised timers; the
+  "alternating" scenarios carry random data after their preamble cycles
+  only through jitter and are detected through it.
+- Fast or weak channels need samples: the grid gives each active bit about
+  ten LLC-miss samples (samplePeriod 10000, 1000 or 100 by rate and bit
+  period). The sparse family keeps the default period for channels that
+  yield fewer, and shows what is then missed.
+- Bus locks stall every memory-bound VMI on the node, so the receiver of a
+  bus-lock channel is not always distinguishable from a memory-bound
+  neighbour; up to three candidates are named. When only the receiver is
+  protected and it is not among them, the channel is not reported.
+- The false-positive rate is measured on the benign VMI-hours above; with
+  few or no false findings the 95% upper bound, not the point estimate, is
+  the honest figure.
+`
