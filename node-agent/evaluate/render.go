@@ -177,10 +177,11 @@ const Caveats = `
   generator does not make.
 - A covert channel is paired by its data: two ends whose per-cycle activity
   moves together beyond what any other VMI or a bus-lock sender explains.
-  A channel that sends a constant pattern (a pure 1010 carrier with no
-  data) is, by design, not told apart from two synchronised timers; the
-  "alternating" scenarios carry random data after their preamble cycles
-  only through jitter and are detected through it.
+  A constant pattern (the "alternating" 1010 scenarios) is found only
+  through what still varies from cycle to cycle at both ends together: the
+  sender's timing jitter that the receiver follows, pauses between
+  messages. A perfectly regular carrier with neither is, by design, not told
+  apart from two synchronised timers.
 - Fast or weak channels need samples: the grid gives each active bit about
   ten LLC-miss samples (samplePeriod 10000, 1000 or 100 by rate and bit
   period). The sparse family keeps the default period for channels that
