@@ -25,7 +25,7 @@
 //
 // # Analyses and causality
 //
-// Each node is analysed at every multiple of HopNS (a quarter of the
+// Each node is analysed at every multiple of HopNS (half the
 // shortest detector window, on interval boundaries) once the node's newest
 // observation is Lateness past it. An analysis at time B looks only at data
 // before B; a detection emitted by it carries TimeNS = B (the end of the

@@ -132,7 +132,7 @@ func New(cfg Config) (*Engine, error) {
 	if e.maxWinNS == 0 {
 		e.maxWinNS, minWin = 10*e.coarseNS, 10*e.coarseNS
 	}
-	// Four analyses per (shortest) window, on interval boundaries.
+	// Two analyses per (shortest) window, on interval boundaries.
 	e.hopNS = max(e.coarseNS, minWin/2/e.coarseNS*e.coarseNS)
 	keep := e.maxWinNS + e.hopNS + e.latenessNS + 2*e.coarseNS
 	e.coarseLen = int(keep/e.coarseNS) + 2
@@ -204,7 +204,6 @@ func (e *Engine) newVMI(n *node, ref VMIRef) *vmi {
 		v.regions = &regionTable{}
 		e.regions[ref] = v.regions
 	}
-	v.base.init()
 	e.applyProtection(v)
 	return v
 }

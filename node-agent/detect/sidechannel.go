@@ -30,8 +30,6 @@ type baseline struct {
 	mode  int8 // 0 unset, 1 per kilo-instruction, 2 per interval
 }
 
-func (b *baseline) init() {}
-
 func (b *baseline) add(x float64) {
 	i := int((x - baselineLo) / baselineRes)
 	i = max(0, min(baselineBins-1, i))
