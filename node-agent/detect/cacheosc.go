@@ -289,6 +289,29 @@ func (e *Engine) meanLockRate(v *vmi, B, W int64) float64 {
 	return s / (float64((i1-i0)*I) / 1e9)
 }
 
+// minDataCV is the least coefficient of variation of an end's per-cycle
+// activity for it to carry data.
+const minDataCV = 0.1
+
+func cv(x []float64) float64 {
+	m := meanOf(x)
+	if m <= 0 {
+		return 0
+	}
+	var v float64
+	for _, a := range x {
+		v += (a - m) * (a - m)
+	}
+	return math.Sqrt(v/float64(len(x))) / m
+}
+
+// diff replaces x[i] by x[i+1]-x[i]; the last element is left over.
+func diff(x []float64) {
+	for i := 0; i+1 < len(x); i++ {
+		x[i] = x[i+1] - x[i]
+	}
+}
+
 // quietPhase returns the offset (in bins, within one period) at which the
 // summed activity of x (from offA) and y (from offB) folded on period pb is
 // lowest.
@@ -324,6 +347,19 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 	if nc < cfg.MinRepetitions-1 || nc < 5 {
 		return 0
 	}
+	// Carrying data means moving a good part of each end's activity from
+	// one cycle to the next (a bit switches the channel's evictions on or
+	// off); two steady memory-heavy jobs interfering with each other move
+	// only a few percent of theirs, however closely.
+	if cv(e.sc.rx[:nc]) < minDataCV || cv(e.sc.ry[:nc]) < minDataCV {
+		return 0
+	}
+	// Data changes from one cycle to the next; what drifts slowly (two
+	// periodic jobs beating against each other, load trends) does not. So
+	// the cycle sums are compared by their cycle-to-cycle changes.
+	diff(e.sc.rx[:nc])
+	diff(e.sc.ry[:nc])
+	nc--
 	ra, rb := e.sc.rx[:nc], e.sc.ry[:nc]
 	rho := math.Abs(pearson(ra, rb))
 	W := cfg.Window.Nanoseconds()
@@ -344,12 +380,14 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 			e.sc.rest[i] += x
 		}
 		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
-		if len(e.sc.tmpl) >= nc {
+		if len(e.sc.tmpl) > nc {
+			diff(e.sc.tmpl[:nc+1])
 			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 		}
 	}
 	e.sc.tmpl = cycleSums(e.sc.rest, pb, off, e.sc.tmpl)
-	if len(e.sc.tmpl) >= nc {
+	if len(e.sc.tmpl) > nc {
+		diff(e.sc.tmpl[:nc+1])
 		rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 	}
 	// Bus locks stall every VMI's memory accesses: a lock sender drives
@@ -380,7 +418,8 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 			}
 		}
 		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
-		if len(e.sc.tmpl) >= nc {
+		if len(e.sc.tmpl) > nc {
+			diff(e.sc.tmpl[:nc+1])
 			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 		}
 	}
