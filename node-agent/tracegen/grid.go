@@ -72,16 +72,24 @@ func Grid(scale Scale, seed uint64) []Scenario {
 					txd = 0.6
 				}
 				rate := []float64{3e6, 8e6, 2e7}[rng.IntN(3)]
-				// The sampling a policy needs to see a channel: each active
-				// bit must yield about ten LLC-miss samples, or the fine
-				// train is sampling noise. Channels that fast or that weak
-				// are found with a lower samplePeriod; the "sparse" family
-				// below keeps the default and shows what happens then.
-				sp := samplePeriodFor(rate * p.Seconds() / 2)
+				duty := 0.3 + 0.4*rng.Float64()
+				// The sampling a policy needs to see a channel: each bit must
+				// yield about ten LLC-miss samples at the weaker end (the
+				// receiver sees 40% of the sender's rate at worst; a bit is
+				// active half the time, return-to-zero only for its duty),
+				// or the fine train is sampling noise. Channels that fast or
+				// that weak are found with a lower samplePeriod; the
+				// "sparse" family below keeps the default and shows what
+				// happens then.
+				active := 0.5
+				if c == RZ {
+					active *= duty
+				}
+				sp := samplePeriodFor(0.4 * rate * p.Seconds() * active)
 				sc := Scenario{
 					Name: fmt.Sprintf("cache-covert/%s/%v/%d", c, p, r), Seed: next(), Duration: attackDur,
 					SamplePeriod: sp, LockSamplePeriod: 10000, VMIs: neighbours(rng, 2+rng.IntN(4)),
-					Attack: &Attack{Kind: CacheCovert, Period: p, Coding: c, Duty: 0.3 + 0.4*rng.Float64(), TxDuty: txd,
+					Attack: &Attack{Kind: CacheCovert, Period: p, Coding: c, Duty: duty, TxDuty: txd,
 						Rate: rate, Onset: onset(), Protect: protects[n%3]},
 				}
 				out = append(out, sc)
@@ -115,18 +123,17 @@ func Grid(scale Scale, seed uint64) []Scenario {
 		for _, c := range codings {
 			for r := 0; r < reps; r++ {
 				// A split lock costs about a microsecond, so a sender takes
-				// 10^5..10^6 per second; one sample per 10000 locks cannot
-				// time bursts of a few milliseconds, so policies watching
-				// for fast channels sample locks more densely.
-				lp := int64(10000)
-				if p < 100*time.Millisecond {
-					lp = 1000
-				}
+				// 10^5..10^6 per second. As for the cache channels, the
+				// policy samples locks densely enough for about ten samples
+				// per active half-bit (Manchester and return-to-zero bursts
+				// last half a bit or less).
+				rate := []float64{3e5, 6e5, 1.2e6}[rng.IntN(3)]
+				lp := samplePeriodFor(rate * p.Seconds() * 0.25)
 				out = append(out, Scenario{
 					Name: fmt.Sprintf("buslock-covert/%s/%v/%d", c, p, r), Seed: next(), Duration: attackDur,
 					SamplePeriod: 10000, LockSamplePeriod: lp, VMIs: neighbours(rng, 2+rng.IntN(4)),
 					Attack: &Attack{Kind: BusLockCovert, Period: p, Coding: c, Duty: 0.3 + 0.4*rng.Float64(), TxDuty: 1,
-						Rate: []float64{3e5, 6e5, 1.2e6}[rng.IntN(3)], Onset: onset(), Protect: protects[n%3]},
+						Rate: rate, Onset: onset(), Protect: protects[n%3]},
 				})
 			}
 		}
