@@ -266,9 +266,23 @@ func (e *Engine) judgeBursts(bs []burst, binNS int64) (lockFinding, bool) {
 	span := starts[len(starts)-1] - starts[0] + T
 	n := float64(len(bs))
 	f := lockFinding{bursts: bs, periodNS: T, coherence: R, regularity: regularityOf(R), z: n * R * R, binNS: binNS}
+	// A channel's bursts also end on its clock (whole bits) or last a
+	// fixed time (return to zero); bursts of ordinary software that
+	// happen to start near a clock do neither.
+	var ec, es float64
+	durs := make([]float64, len(bs))
+	for i, b := range bs {
+		sn, cs := math.Sincos(2 * math.Pi * (ends[i] - starts[0]) / T)
+		ec += cs
+		es += sn
+		durs[i] = float64(b.end - b.start)
+	}
+	if math.Hypot(ec, es)/n < 0.5 && 1-cv(durs) < 0.5 {
+		return f, false
+	}
 	// The clock must explain the bursts (at least one slot in 16 holds
 	// one), the phases must be significant (Rayleigh Z), and regular.
-	if n*16 < span/T || f.z < 8 || f.regularity < cfg.MinRegularity {
+	if n*16 < span/T || f.z < 10 || f.regularity < cfg.MinRegularity {
 		return f, false
 	}
 	var locks, dur float64
