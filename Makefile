@@ -22,9 +22,8 @@ demo: control-plane ## Run the demo on an embedded local control plane (Ctrl-C s
 	$(GO) run ./hack/demo
 
 .PHONY: test
-test: control-plane lint verify-generated ## Run every test, building the control plane binaries if the cache is empty.
+test: control-plane lint verify-generated fuzz-short ## Run every test, building the control plane binaries if the cache is empty.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -timeout $(TEST_TIMEOUT) ./...
-	$(MAKE) --no-print-directory fuzz-introspect-short
 
 ##@ Build
 
@@ -79,17 +78,25 @@ lint: ## gofmt and go vet.
 	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Every parser of guest memory has a fuzz target; `make test` runs each for
-# a few seconds, `make fuzz-introspect FUZZTIME=10m` as long as you like.
-INTROSPECT_FUZZ := FuzzBTFFromMemory FuzzKallsyms FuzzPageWalk FuzzTaskList FuzzVMAWalk FuzzELFSymbols FuzzMonitorParse
-FUZZTIME ?= 5m
+# Every parser of guest memory, trace files and other untrusted input has a
+# fuzz target. `make test` runs each target of the repository for FUZZTIME
+# (seed corpus first); go test runs one fuzz target per invocation.
+# Longer: `make fuzz-short FUZZTIME=1m`, or for the guest-memory parsers
+# alone `make fuzz-introspect FUZZTIME=30m`.
+FUZZTIME ?= 3s
+.PHONY: fuzz-short
+fuzz-short: ## Run each fuzz target for FUZZTIME (default 3s; part of make test).
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do \
+	  for fn in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+	    $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) >/dev/null || { $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); exit 1; }; \
+	  done; \
+	done
 
-.PHONY: fuzz-introspect-short
-fuzz-introspect-short: ## Fuzz each guest-memory parser for 3 s (part of make test).
-	$(MAKE) --no-print-directory fuzz-introspect FUZZTIME=3s
+INTROSPECT_FUZZ := FuzzBTFFromMemory FuzzKallsyms FuzzPageWalk FuzzTaskList FuzzVMAWalk FuzzELFSymbols FuzzMonitorParse
 
 .PHONY: fuzz-introspect
-fuzz-introspect: ## Fuzz each guest-memory parser for FUZZTIME (default 5m).
+fuzz-introspect: ## Fuzz each guest-memory parser for FUZZTIME.
 	for f in $(INTROSPECT_FUZZ); do \
 	  $(GO) test ./node-agent/introspect -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200ms || exit 1; \
 	done

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -18,19 +17,8 @@ import (
 	"github.com/sidewatch/sidewatch/internal/stix"
 )
 
-func runCLI(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	cmd := newRootCommand()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.ExecuteContext(context.Background())
-	return out.String(), err
-}
-
 func TestExportFromFile(t *testing.T) {
-	out, err := runCLI(t, "export", "--stix", "--from", filepath.Join("..", "..", "config", "samples", "threatfinding_exported.yaml"))
+	out, _, err := runCLI(t, "export", "--stix", "--from", filepath.Join("..", "..", "config", "samples", "threatfinding_exported.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +29,7 @@ func TestExportFromFile(t *testing.T) {
 	if b.Type != "bundle" || len(b.Objects) < 10 {
 		t.Errorf("bundle %s with %d objects", b.Type, len(b.Objects))
 	}
-	again, _ := runCLI(t, "export", "--stix", "--from", filepath.Join("..", "..", "config", "samples", "threatfinding_exported.yaml"))
+	again, _, _ := runCLI(t, "export", "--stix", "--from", filepath.Join("..", "..", "config", "samples", "threatfinding_exported.yaml"))
 	if again != out {
 		t.Error("exporting twice gave different bundles")
 	}
@@ -57,7 +45,7 @@ func TestExportBadInput(t *testing.T) {
 		{[]string{"export", "--stix", "--from", "-", "--since", "yesterday"}, "--since \"yesterday\""},
 		{[]string{"export", "--stix", "--from", "-", "--type", "Rowhammer"}, "--type \"Rowhammer\""},
 	} {
-		_, err := runCLI(t, tc.args...)
+		_, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
 		}
@@ -99,7 +87,7 @@ func TestExportFromCluster(t *testing.T) {
 		}
 	}
 	count := func(args ...string) int {
-		out, err := runCLI(t, append([]string{"export", "--stix", "--kubeconfig", kubeconfig}, args...)...)
+		out, _, err := runCLI(t, append([]string{"export", "--stix", "--kubeconfig", kubeconfig}, args...)...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -37,6 +37,10 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newExportCommand())
 	root.AddCommand(newReportCommand())
 	root.AddCommand(newIntrospectCommand())
+	root.AddCommand(newAnalyzeCommand())
+	root.AddCommand(newTracegenCommand())
+	root.AddCommand(newEvaluateCommand())
+	root.AddCommand(newProfileCommand())
 	return root
 }
 

@@ -60,8 +60,9 @@ func TestReportFromFiles(t *testing.T) {
 	writeYAML(t, filepath.Join(dir, "events.yaml"), events)
 	html := filepath.Join(dir, "report.html")
 
-	out, err := runCLI(t, "report", "--from", filepath.Join(dir, "finding.yaml"), "--snapshot", filepath.Join(dir, "evidence.yaml"),
+	out, stderr, err := runCLI(t, "report", "--from", filepath.Join(dir, "finding.yaml"), "--snapshot", filepath.Join(dir, "evidence.yaml"),
 		"--events", filepath.Join(dir, "events.yaml"), "--html", html)
+	out += stderr
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -90,7 +91,7 @@ func TestReportFromFiles(t *testing.T) {
 
 	// Without the snapshot the report still renders, and says what is
 	// missing.
-	out, err = runCLI(t, "report", "payments-db-cachesidechannel", "--from", filepath.Join(dir, "finding.yaml"))
+	out, _, err = runCLI(t, "report", "payments-db-cachesidechannel", "--from", filepath.Join(dir, "finding.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestReportBadInput(t *testing.T) {
 		{[]string{"report", "x", "--events", two}, "--events needs --from"},
 		{[]string{"report", "a", "b"}, "accepts at most 1 arg"},
 	} {
-		_, err := runCLI(t, tc.args...)
+		_, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
 		}
@@ -184,7 +185,7 @@ func TestReportFromCluster(t *testing.T) {
 	}
 
 	html := filepath.Join(t.TempDir(), "incident.html")
-	out, err := runCLI(t, "report", f.Name, "--kubeconfig", kubeconfig, "-n", "payments", "--html", html)
+	out, _, err := runCLI(t, "report", f.Name, "--kubeconfig", kubeconfig, "-n", "payments", "--html", html)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -208,7 +209,7 @@ func TestReportFromCluster(t *testing.T) {
 		t.Errorf("HTML has %d plots, want 5", n)
 	}
 
-	if _, err := runCLI(t, "report", "missing", "--kubeconfig", kubeconfig, "-n", "payments"); err == nil || !strings.Contains(err.Error(), "threatfinding missing not found in namespace payments") {
+	if _, _, err := runCLI(t, "report", "missing", "--kubeconfig", kubeconfig, "-n", "payments"); err == nil || !strings.Contains(err.Error(), "threatfinding missing not found in namespace payments") {
 		t.Errorf("missing finding: %v", err)
 	}
 }

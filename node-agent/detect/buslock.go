@@ -59,7 +59,7 @@ func (e *Engine) coarseBursts(v *vmi, from, to int64, out []burst) []burst {
 // fineBursts clusters lock samples into bursts: the gaps between samples
 // fall into short ones (inside a burst) and long ones (between bursts); the
 // split is the largest jump in the sorted gaps.
-func (e *Engine) fineBursts(v *vmi, from, to int64, out []burst) ([]burst, int64) {
+func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) ([]burst, int64) {
 	out = out[:0]
 	ring := &v.locks[0]
 	period := e.cfg.samplePeriod(trace.BusLocks)
@@ -97,14 +97,26 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, out []burst) ([]burst, int64
 	sorted := append(e.sc.y[:0], gaps...)
 	e.sc.y = sorted
 	slices.Sort(sorted)
-	split, bestRatio := 0.0, 3.0
-	for k := len(sorted) / 10; k+1 < len(sorted); k++ {
+	bestRatio := 3.0
+	for k := len(sorted) / 10; split == 0 && k+1 < len(sorted); k++ {
 		if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
 			break
 		}
 		lo := max(sorted[k], float64(e.lockNS))
 		if r := sorted[k+1] / lo; r > bestRatio {
-			bestRatio, split = r, math.Sqrt(lo*sorted[k+1])
+			bestRatio = r
+		}
+	}
+	if split == 0 {
+		for k := len(sorted) / 10; k+1 < len(sorted); k++ {
+			if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
+				break
+			}
+			lo := max(sorted[k], float64(e.lockNS))
+			if sorted[k+1]/lo == bestRatio {
+				split = math.Sqrt(lo * sorted[k+1])
+				break
+			}
 		}
 	}
 	if split == 0 {
@@ -131,11 +143,16 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, out []burst) ([]burst, int64
 	return out, n0
 }
 
-// burstClock finds the bit clock the burst starts sit on: the period T
-// whose phase coherence R = |mean(exp(2πi·t/T))| is highest, preferring
-// the longest such period (its fractions fit as well). Candidates are the
-// shortest gaps and their halves, thirds and quarters, refined locally.
-func burstClock(starts []float64, minT float64) (T, R float64) {
+// burstClock finds the bit clock the bursts sit on: the period T whose
+// phase coherence R = |mean(exp(2πi·t/T))| is highest, preferring the
+// longest such period (its fractions fit as well). Candidates are the
+// shortest gaps between starts and their halves, thirds and quarters,
+// refined locally. The phases are taken from the burst starts, from their
+// ends, or from both (each burst counted once): a start seen through
+// sparse samples is late by the wait for the first sample and an end
+// early by as much, so combining them halves the jitter when both sit on
+// the clock (NRZ), while return-to-zero bursts end off the clock.
+func burstClock(starts, ends []float64, minT float64) (T, R float64) {
 	n := len(starts)
 	if n < 3 {
 		return 0, 0
@@ -150,43 +167,70 @@ func burstClock(starts []float64, minT float64) (T, R float64) {
 		return 0, 0
 	}
 	slices.Sort(gaps)
-	coh := func(T float64) float64 {
+	coh := func(T float64, mode int) float64 {
 		var c, s float64
-		for _, t := range starts {
-			sn, cs := math.Sincos(2 * math.Pi * (t - starts[0]) / T)
-			c += cs
-			s += sn
+		for i, t := range starts {
+			var pc, ps float64
+			if mode != 1 {
+				sn, cs := math.Sincos(2 * math.Pi * (t - starts[0]) / T)
+				pc, ps = cs, sn
+			}
+			if mode != 0 {
+				sn, cs := math.Sincos(2 * math.Pi * (ends[i] - starts[0]) / T)
+				pc, ps = pc+cs, ps+sn
+			}
+			if mode == 2 {
+				pc, ps = pc/2, ps/2
+			}
+			c += pc
+			s += ps
 		}
 		return math.Hypot(c, s) / float64(n)
 	}
 	type cand struct{ T, R float64 }
-	var cands []cand
+	var best [3]cand
+	var bestMode int
 	seeds := []float64{gaps[0], gaps[min(1, len(gaps)-1)], gaps[min(2, len(gaps)-1)], gaps[len(gaps)/2]}
-	for _, g := range seeds {
-		for m := 1.0; m <= 4; m++ {
-			T0 := g / m
-			if T0 < minT {
-				continue
-			}
-			bt, br := T0, 0.0
-			for k := -20; k <= 20; k++ {
-				t := T0 * (1 + 0.005*float64(k))
-				if r := coh(t); r > br {
-					bt, br = t, r
+	for mode := range 3 {
+		var cands []cand
+		var rmax float64
+		for _, g := range seeds {
+			for m := 1.0; m <= 4; m++ {
+				T0 := g / m
+				if T0 < minT {
+					continue
 				}
+				// Coarse then fine search: over a window of many cycles a
+				// period off by a fraction of a percent drifts a whole
+				// cycle.
+				bt, br := T0, 0.0
+				for k := -20; k <= 20; k++ {
+					t := T0 * (1 + 0.005*float64(k))
+					if r := coh(t, mode); r > br {
+						bt, br = t, r
+					}
+				}
+				c := bt
+				for k := -25; k <= 25; k++ {
+					t := c * (1 + 0.0002*float64(k))
+					if r := coh(t, mode); r > br {
+						bt, br = t, r
+					}
+				}
+				cands = append(cands, cand{bt, br})
+				rmax = max(rmax, br)
 			}
-			cands = append(cands, cand{bt, br})
+		}
+		for _, c := range cands {
+			if c.R >= 0.95*rmax && c.T > best[mode].T {
+				best[mode] = c
+			}
+		}
+		if best[mode].R > best[bestMode].R {
+			bestMode = mode
 		}
 	}
-	for _, c := range cands {
-		R = max(R, c.R)
-	}
-	for _, c := range cands {
-		if c.R >= 0.95*R && c.T > T {
-			T = c.T
-		}
-	}
-	return T, coh(T)
+	return best[bestMode].T, best[bestMode].R
 }
 
 // regularityOf maps a phase coherence to 1 - CV of the starts on the
@@ -210,19 +254,35 @@ func (e *Engine) judgeBursts(bs []burst, binNS int64) (lockFinding, bool) {
 		return lockFinding{}, false
 	}
 	starts := make([]float64, len(bs))
+	ends := make([]float64, len(bs))
 	for i, b := range bs {
 		starts[i] = float64(b.start)
+		ends[i] = float64(b.end)
 	}
-	T, R := burstClock(starts, max(2*float64(binNS), 1e6))
+	T, R := burstClock(starts, ends, max(2*float64(binNS), 1e6))
 	if T <= 0 {
 		return lockFinding{}, false
 	}
 	span := starts[len(starts)-1] - starts[0] + T
 	n := float64(len(bs))
 	f := lockFinding{bursts: bs, periodNS: T, coherence: R, regularity: regularityOf(R), z: n * R * R, binNS: binNS}
+	// A channel's bursts also end on its clock (whole bits) or last a
+	// fixed time (return to zero); bursts of ordinary software that
+	// happen to start near a clock do neither.
+	var ec, es float64
+	durs := make([]float64, len(bs))
+	for i, b := range bs {
+		sn, cs := math.Sincos(2 * math.Pi * (ends[i] - starts[0]) / T)
+		ec += cs
+		es += sn
+		durs[i] = float64(b.end - b.start)
+	}
+	if math.Hypot(ec, es)/n < 0.5 && 1-cv(durs) < 0.5 {
+		return f, false
+	}
 	// The clock must explain the bursts (at least one slot in 16 holds
 	// one), the phases must be significant (Rayleigh Z), and regular.
-	if n*16 < span/T || f.z < 8 || f.regularity < cfg.MinRegularity {
+	if n*16 < span/T || f.z < 10 || f.regularity < cfg.MinRegularity {
 		return f, false
 	}
 	var locks, dur float64
@@ -247,8 +307,16 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 		}
 		var best lockFinding
 		found := false
-		fine, samples := e.fineBursts(v, from, B, nil)
-		if f, ok := e.judgeBursts(fine, e.lockNS); ok {
+		fine, samples := e.fineBursts(v, from, B, 0, nil)
+		f, ok := e.judgeBursts(fine, e.lockNS)
+		if !ok && f.periodNS > 0 {
+			// With the clock known, a silent slot separates bursts: split
+			// the samples at gaps over half a period, so that a long wait
+			// between two samples inside a burst does not start a new one.
+			fine, samples = e.fineBursts(v, from, B, max(2*float64(e.lockNS), f.periodNS/2), nil)
+			f, ok = e.judgeBursts(fine, e.lockNS)
+		}
+		if ok {
 			best, found = f, true
 			best.samples = samples
 		}
@@ -257,17 +325,28 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 			best, found = f, true
 			best.samples = samples
 		}
+		if debugf != nil {
+			fb, _ := e.judgeBursts(fine, e.lockNS)
+			cb, _ := e.judgeBursts(coarse, e.coarseNS)
+			debugf("B=%.1fs locks %s fine: %d bursts T=%.1fms R=%.2f Z=%.1f reg=%.2f | coarse: %d bursts T=%.1fms R=%.2f Z=%.1f found=%v", float64(B)/1e9, v.ref,
+				len(fine), fb.periodNS/1e6, fb.coherence, fb.z, fb.regularity, len(coarse), cb.periodNS/1e6, cb.coherence, cb.z, found)
+		}
 		if !found {
 			continue
 		}
+		v.lockHop = B
 		e.emitBusLock(n, B, v, best)
 	}
 }
 
-// lockReceivers ranks the other VMIs by how well their cycles per
-// instruction follow the sender's lock rate: bus locks stall every
-// memory access on the node, and a receiver is a loop that times them.
-func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
+// lockReceivers ranks the other VMIs by how their cycles per instruction
+// follow the sender's lock rate: bus locks stall every memory access on
+// the node, and a receiver is a loop that times exactly that. The rank
+// (Spearman) correlation allows for the stall saturating; it is weighted by
+// the size of the slowdown, since a timing loop is as memory-bound as
+// software gets. Memory-bound neighbours slow down too, so up to three
+// candidates are named; only the first gets the Receiver role.
+func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float64) []end {
 	I := e.coarseNS
 	i0 := (max(B-W, sender.first) + I - 1) / I
 	i1 := B / I
@@ -300,8 +379,22 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
 		if len(xs) < 10 {
 			continue
 		}
-		if c := pearson(xs, ys); c >= 0.5 {
-			out = append(out, end{v: u, role: RoleUnknown, score: c})
+		c := spearman(xs, ys)
+		effect := slowdown(xs, ys)
+		score := 0.0
+		if c >= 0.5 && effect >= 0.1 {
+			score = c * min(1, effect)
+		}
+		// Bursts shorter than an interval average out of the counters; the
+		// samples still show the receiver's loop stalling with them.
+		if fc := e.fineLockFollow(sender, u, B, W, periodNS); fc >= 0.5 {
+			score = max(score, fc)
+		}
+		if debugf != nil {
+			debugf("  lock receiver of %s? %s spearman=%.2f effect=%.2f fine=%.2f", sender.ref, u.ref, c, effect, e.fineLockFollow(sender, u, B, W, periodNS))
+		}
+		if score > 0 {
+			out = append(out, end{v: u, role: RoleUnknown, score: score})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].score > out[j].score })
@@ -314,10 +407,93 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64) []end {
 	return out
 }
 
+// fineLockFollow is how closely u's LLC-miss samples follow the sender's
+// lock samples at a quarter of the burst period: |correlation|, 0 when
+// either has too few samples.
+func (e *Engine) fineLockFollow(sender, u *vmi, B, W int64, periodNS float64) float64 {
+	if e.lockNS == 0 || e.fineNS == 0 || periodNS <= 0 {
+		return 0
+	}
+	bin := max(e.lockNS, int64(periodNS/4)/e.lockNS*e.lockNS)
+	from := max(B-W, sender.first, u.first)
+	N := int((B - from) / bin)
+	if N < 32 {
+		return 0
+	}
+	x := make([]float64, N)
+	y := make([]float64, N)
+	var nx, ny float64
+	for k := (from + e.lockNS - 1) / e.lockNS; k < B/e.lockNS; k++ {
+		j := int((k*e.lockNS - from) / bin)
+		if j >= 0 && j < N {
+			c := float64(sender.locks[0].get(k)) + float64(sender.locks[1].get(k))
+			x[j] += c
+			nx += c
+		}
+	}
+	for k := (from + e.fineNS - 1) / e.fineNS; k < B/e.fineNS; k++ {
+		j := int((k*e.fineNS - from) / bin)
+		if j >= 0 && j < N {
+			c := float64(u.llc.get(k))
+			y[j] += c
+			ny += c
+		}
+	}
+	if nx < float64(N)/2 || ny < float64(2*N) {
+		return 0
+	}
+	return math.Abs(pearson(x, y))
+}
+
+// slowdown is how much higher y (cycles per instruction) is in the quarter
+// of intervals with the most locks than in the quarter with the fewest.
+func slowdown(locks, cpi []float64) float64 {
+	idx := make([]int, len(locks))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool { return locks[idx[a]] < locks[idx[b]] })
+	q := max(1, len(idx)/4)
+	var lo, hi float64
+	for k := 0; k < q; k++ {
+		lo += cpi[idx[k]]
+		hi += cpi[idx[len(idx)-1-k]]
+	}
+	if lo <= 0 {
+		return 0
+	}
+	return hi/lo - 1
+}
+
+// spearman is the rank correlation of a and b.
+func spearman(a, b []float64) float64 {
+	return pearson(ranks(a), ranks(b))
+}
+
+func ranks(x []float64) []float64 {
+	idx := make([]int, len(x))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(i, j int) bool { return x[idx[i]] < x[idx[j]] })
+	r := make([]float64, len(x))
+	for i := 0; i < len(idx); {
+		j := i
+		for j+1 < len(idx) && x[idx[j+1]] == x[idx[i]] {
+			j++
+		}
+		for k := i; k <= j; k++ {
+			r[idx[k]] = float64(i+j) / 2
+		}
+		i = j + 1
+	}
+	return r
+}
+
 func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 	W := e.cfg.BusLock.Window.Nanoseconds()
 	score := f.regularity * (1 - math.Exp(-f.z/10))
-	receivers := e.lockReceivers(n, sender, B, W)
+	receivers := e.lockReceivers(n, sender, B, W, f.periodNS)
 	ends := append([]end{{v: sender, role: RoleSender, score: score}}, receivers...)
 	victim, suspects, ok := e.chooseVictim(ends)
 	if !ok {

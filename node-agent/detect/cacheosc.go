@@ -10,8 +10,20 @@ import (
 
 // hopState is one VMI's findings of the current analysis.
 type hopState struct {
-	osc [2]trainOsc // [fine, coarse]
+	osc   [2]trainOsc // strongest [fine, coarse]
+	cands [4]trainOsc // every oscillation found: fine octaves, coarse
+	n     int
 }
+
+func (h *hopState) add(o trainOsc) {
+	if o.ok && h.n < len(h.cands) {
+		h.cands[h.n] = o
+		h.n++
+	}
+}
+
+// debugf, when set by a test, traces the detectors' decisions.
+var debugf func(format string, args ...any)
 
 const (
 	resFine   = 0
@@ -20,7 +32,7 @@ const (
 
 // minSamplesPerFineBin is the mean number of LLC-miss samples a fine bin
 // must hold: fewer and the train is Poisson noise.
-const minSamplesPerFineBin = 4
+const minSamplesPerFineBin = 2
 
 // fineTrain fills x with v's LLC-miss sample counts over [from, to) in
 // bins of factor native fine bins.
@@ -36,10 +48,8 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	if nat < 64 {
 		return trainOsc{}
 	}
-	var S int64
-	for i := i0; i < i1; i++ {
-		S += int64(v.llc.get(i))
-	}
+	e.sc.x = grow(e.sc.x, 1)
+	S := v.llc.sum(i0, i1, nat, e.sc.x)
 	if S < 64 {
 		return trainOsc{}
 	}
@@ -47,26 +57,65 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	for nat/factor > e.cfg.MaxFineBins {
 		factor++
 	}
+	// Three octaves of resolution: the finest resolves short periods,
+	// the coarser ones average the sampling (Poisson) noise of slower
+	// channels away.
+	var best trainOsc
+	// The finest train is read from the ring once; each coarser octave
+	// sums pairs of bins of the previous one.
 	N := nat / factor
-	binNS := int64(factor) * e.fineNS
-	minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
-	maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
-	if N < 32 || maxLag < minLag {
-		return trainOsc{}
+	e.sc.fine = grow(e.sc.fine, N)
+	samples := e.fineTrain(v, from, to, factor, e.sc.fine)
+	x := e.sc.fine
+	for oct := 0; oct < 3; oct++ {
+		if oct > 0 {
+			N /= 2
+			for i := range N {
+				x[i] = x[2*i] + x[2*i+1]
+			}
+			x = x[:N]
+			factor *= 2
+		}
+		binNS := int64(factor) * e.fineNS
+		if 2*binNS > e.coarseNS {
+			// No finer than the counters already give.
+			break
+		}
+		minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
+		maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
+		if N < 32 || maxLag < minLag {
+			break
+		}
+		res, r := e.sc.analyseTrain(x, minLag, maxLag)
+		dense := float64(samples)/float64(N) >= 8
+		if res.ok && res.strength <= best.strength {
+			res.binNS, res.res, res.startNS, res.samples = binNS, resFine, i0*e.fineNS, samples
+			res.periodNS *= float64(binNS)
+			res.acLagNS *= float64(binNS)
+			v.hop.add(res)
+		}
+		if !res.ok || res.strength <= best.strength {
+			if dense {
+				break
+			}
+			continue
+		}
+		res.binNS = binNS
+		res.res = resFine
+		res.startNS = i0 * e.fineNS
+		res.samples = samples
+		res.periodNS *= float64(binNS)
+		res.acLagNS *= float64(binNS)
+		e.keepCurve(v, r, res)
+		v.hop.add(res)
+		best = res
+		if dense {
+			// Sampling noise is already small: coarser octaves add
+			// nothing but cost.
+			break
+		}
 	}
-	e.sc.x = grow(e.sc.x, N)
-	samples := e.fineTrain(v, from, to, factor, e.sc.x)
-	res, r := e.sc.analyseTrain(e.sc.x, minLag, maxLag)
-	if !res.ok {
-		return trainOsc{}
-	}
-	res.binNS = binNS
-	res.startNS = i0 * e.fineNS
-	res.samples = samples
-	res.periodNS *= float64(binNS)
-	res.acLagNS *= float64(binNS)
-	e.keepCurve(v, r, res)
-	return res
+	return best
 }
 
 // coarseTrain fills x with counter c of v per interval from bin i0.
@@ -104,6 +153,7 @@ func (e *Engine) coarseOsc(v *vmi, from, to int64) trainOsc {
 		return trainOsc{}
 	}
 	res.binNS = I
+	res.res = resCoarse
 	res.startNS = i0 * I
 	res.periodNS *= float64(I)
 	res.acLagNS *= float64(I)
@@ -137,9 +187,11 @@ func (e *Engine) keepCurve(v *vmi, r []float64, res trainOsc) {
 
 type covertPair struct {
 	a, b     *vmi
+	oa, ob   trainOsc
 	res      int
 	score    float64
 	rho      float64
+	dataRho  float64
 	lagBins  float64
 	periodNS float64
 	binNS    int64
@@ -158,6 +210,7 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 	cfg := e.cfg.CacheOscillation
 	W := cfg.Window.Nanoseconds()
 	cands := e.sc.cand[:0]
+	followers := e.sc.followers[:0]
 	for _, v := range n.vmis {
 		v.hop = hopState{}
 		v.acCurve = v.acCurve[:0]
@@ -174,18 +227,37 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			v.hop.osc[resFine] = e.fineOsc(v, from, B)
 		}
 		v.hop.osc[resCoarse] = e.coarseOsc(v, from, B)
-		if v.hop.osc[resFine].strength >= cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= cfg.MinAutocorrelation {
+		v.hop.add(v.hop.osc[resCoarse])
+		if debugf != nil {
+			debugf("B=%.1fs %s fine=%+v coarse=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse])
+		}
+		if v.lockHop > 0 && B-v.lockHop <= W || e.meanLockRate(v, B, W) >= e.cfg.BusLock.MinBurstRate {
+			// Its trains move with its own bus-lock bursts: a bus-lock
+			// channel, reported by that detector.
+			continue
+		}
+		if v.hop.osc[resFine].strength >= 0.8*cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= 0.8*cfg.MinAutocorrelation {
 			cands = append(cands, v)
+		} else {
+			followers = append(followers, v)
 		}
 	}
-	e.sc.cand = cands
-	if len(cands) < 2 {
+	e.sc.cand, e.sc.followers = cands, followers
+	if len(cands) == 0 {
 		return
 	}
 	var pairs []covertPair
 	for i := 0; i < len(cands); i++ {
 		for j := i + 1; j < len(cands); j++ {
 			if p, ok := e.pairCovert(cands[i], cands[j], B); ok {
+				pairs = append(pairs, p)
+			}
+		}
+		// A receiver whose own train is too sparse to show the clock can
+		// still be told by how closely it follows the data of a VMI that
+		// does oscillate.
+		for _, f := range followers {
+			if p, ok := e.pairFollower(cands[i], f, B); ok {
 				pairs = append(pairs, p)
 			}
 		}
@@ -201,13 +273,169 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 	}
 }
 
+// meanLockRate is v's bus (or split) lock rate per second over the window.
+func (e *Engine) meanLockRate(v *vmi, B, W int64) float64 {
+	I := e.coarseNS
+	i0, i1 := (max(B-W, v.first)+I-1)/I, B/I
+	var s float64
+	for i := i0; i < i1; i++ {
+		if b := v.coarse.get(i); b != nil {
+			s += float64(max(b.c[trace.BusLocks], b.c[trace.SplitLocks]))
+		}
+	}
+	if i1 <= i0 {
+		return 0
+	}
+	return s / (float64((i1-i0)*I) / 1e9)
+}
+
+// minDataCV is the least coefficient of variation of an end's per-cycle
+// activity for it to carry data.
+const minDataCV = 0.1
+
+func cv(x []float64) float64 {
+	m := meanOf(x)
+	if m <= 0 {
+		return 0
+	}
+	var v float64
+	for _, a := range x {
+		v += (a - m) * (a - m)
+	}
+	return math.Sqrt(v/float64(len(x))) / m
+}
+
+// diff replaces x[i] by x[i+1]-x[i]; the last element is left over.
+func diff(x []float64) {
+	for i := 0; i+1 < len(x); i++ {
+		x[i] = x[i+1] - x[i]
+	}
+}
+
+// quietPhase returns the offset (in bins, within one period) at which the
+// summed activity of x (from offA) and y (from offB) folded on period pb is
+// lowest.
+func (e *Engine) quietPhase(x, y []float64, pb, offA, offB float64) float64 {
+	nph := max(2, min(256, int(pb)))
+	e.sc.fold = grow(e.sc.fold, nph)
+	clear(e.sc.fold)
+	add := func(v []float64, off float64) {
+		for i := int(math.Ceil(off)); i < len(v); i++ {
+			ph := int(math.Mod(float64(i)-off, pb) / pb * float64(nph))
+			e.sc.fold[min(ph, nph-1)] += v[i]
+		}
+	}
+	add(x, offA)
+	add(y, offB)
+	best := 0
+	for k, v := range e.sc.fold {
+		if v < e.sc.fold[best] {
+			best = k
+		}
+	}
+	return (float64(best) + 0.5) * pb / float64(nph)
+}
+
+// dataCoupling is the correlation of the per-cycle activity of a and b
+// (already in sc.rx, sc.ry) that no single other VMI on the node, nor the
+// rest of the node together, explains: the smallest partial correlation
+// given each of them. It is capped below the threshold when too few cycles
+// make it insignificant.
+func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, pb, off float64) float64 {
+	cfg := e.cfg.CacheOscillation
+	nc := min(len(e.sc.rx), len(e.sc.ry))
+	if nc < cfg.MinRepetitions-1 || nc < 5 {
+		return 0
+	}
+	// Carrying data means moving a good part of each end's activity from
+	// one cycle to the next (a bit switches the channel's evictions on or
+	// off); two steady memory-heavy jobs interfering with each other move
+	// only a few percent of theirs, however closely.
+	if cv(e.sc.rx[:nc]) < minDataCV || cv(e.sc.ry[:nc]) < minDataCV {
+		return 0
+	}
+	// Data changes from one cycle to the next; what drifts slowly (two
+	// periodic jobs beating against each other, load trends) does not. So
+	// the cycle sums are compared by their cycle-to-cycle changes.
+	diff(e.sc.rx[:nc])
+	diff(e.sc.ry[:nc])
+	nc--
+	ra, rb := e.sc.rx[:nc], e.sc.ry[:nc]
+	rho := math.Abs(pearson(ra, rb))
+	W := cfg.Window.Nanoseconds()
+	from := max(B-W, a.first, b.first)
+	e.sc.rest = grow(e.sc.rest, N)
+	clear(e.sc.rest)
+	e.sc.one = grow(e.sc.one, N)
+	for _, v := range a.node.vmis {
+		if v == a || v == b || v.last < B-W {
+			continue
+		}
+		if res == resFine {
+			e.fineTrain(v, from, B, int(binNS/e.fineNS), e.sc.one)
+		} else {
+			e.coarseTrain(v, trace.LLCMisses, (from+e.coarseNS-1)/e.coarseNS, e.sc.one)
+		}
+		for i, x := range e.sc.one {
+			e.sc.rest[i] += x
+		}
+		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
+		if len(e.sc.tmpl) > nc {
+			diff(e.sc.tmpl[:nc+1])
+			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+		}
+	}
+	e.sc.tmpl = cycleSums(e.sc.rest, pb, off, e.sc.tmpl)
+	if len(e.sc.tmpl) > nc {
+		diff(e.sc.tmpl[:nc+1])
+		rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+	}
+	// Bus locks stall every VMI's memory accesses: a lock sender drives
+	// the cache trains of all its neighbours at once.
+	for _, v := range a.node.vmis {
+		if v.last < B-W || e.meanLockRate(v, B, W) < e.cfg.BusLock.MinBurstRate/10 {
+			continue
+		}
+		if res == resFine {
+			if e.lockNS == 0 {
+				continue
+			}
+			clear(e.sc.one)
+			i0 := (from + e.fineNS - 1) / e.fineNS * e.fineNS
+			for k := (i0 + e.lockNS - 1) / e.lockNS; k < B/e.lockNS; k++ {
+				j := int((k*e.lockNS - i0) / binNS)
+				if j >= 0 && j < N {
+					e.sc.one[j] += float64(v.locks[0].get(k)) + float64(v.locks[1].get(k))
+				}
+			}
+		} else {
+			i0 := (from + e.coarseNS - 1) / e.coarseNS
+			for j := range N {
+				e.sc.one[j] = 0
+				if bb := v.coarse.get(i0 + int64(j)); bb != nil {
+					e.sc.one[j] = float64(max(bb.c[trace.BusLocks], bb.c[trace.SplitLocks]))
+				}
+			}
+		}
+		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
+		if len(e.sc.tmpl) > nc {
+			diff(e.sc.tmpl[:nc+1])
+			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
+		}
+	}
+	// Few cycles correlate by chance: require significance too.
+	if t := rho * math.Sqrt(float64(nc-3)) / math.Sqrt(max(1e-9, 1-rho*rho)); t < 4 {
+		rho = min(rho, cfg.MinAutocorrelation*0.99)
+	}
+	return rho
+}
+
 // pairTrains builds both VMIs' trains at a common resolution into sc.x and
 // sc.y.
-func (e *Engine) pairTrains(a, b *vmi, res int, B int64) (x, y []float64, binNS, start int64) {
+func (e *Engine) pairTrains(a, b *vmi, res int, binNS, B int64) (x, y []float64, _, start int64) {
 	W := e.cfg.CacheOscillation.Window.Nanoseconds()
 	from := max(B-W, a.first, b.first)
 	if res == resFine {
-		binNS = max(a.hop.osc[resFine].binNS, b.hop.osc[resFine].binNS)
 		factor := int(binNS / e.fineNS)
 		i0 := (from + e.fineNS - 1) / e.fineNS
 		N := int((B/e.fineNS - i0) / int64(factor))
@@ -239,39 +467,122 @@ func (e *Engine) pairTrains(a, b *vmi, res int, B int64) (x, y []float64, binNS,
 func (e *Engine) pairCovert(a, b *vmi, B int64) (covertPair, bool) {
 	cfg := e.cfg.CacheOscillation
 	best := covertPair{}
-	for _, res := range [...]int{resFine, resCoarse} {
-		oa, ob := a.hop.osc[res], b.hop.osc[res]
-		if !oa.ok || !ob.ok || oa.strength < cfg.MinAutocorrelation || ob.strength < cfg.MinAutocorrelation {
-			continue
-		}
-		bin := max(oa.binNS, ob.binNS)
-		if !periodsMatch(oa.periodNS, ob.periodNS, bin) {
-			continue
-		}
-		period := min(oa.periodNS, ob.periodNS)
-		x, y, binNS, _ := e.pairTrains(a, b, res, B)
-		if x == nil {
-			continue
-		}
-		L := max(1, min(len(x)/4, int(math.Ceil(0.5*period/float64(binNS)))))
-		e.sc.r = grow(e.sc.r, 2*L+1)
-		cc := e.sc.r
-		e.sc.crossCorrelate(x, y, L, cc)
-		rho, lag := 0.0, 0
-		for t := -L; t <= L; t++ {
-			if v := math.Abs(cc[L+t]); v > rho {
-				rho, lag = v, t
+	// Hysteresis: a pair that showed a channel at the previous analysis
+	// keeps it while each end oscillates at 80% of the threshold, so that
+	// a sparse train wobbling around the threshold does not break the
+	// run of evidence.
+	minOsc := cfg.MinAutocorrelation
+	pk := pairKey{a, b}
+	if last, ok := e.pairSeen[pk]; ok && last == B-e.hopNS {
+		minOsc *= 0.8
+	}
+	for ia := 0; ia < a.hop.n; ia++ {
+		for ib := 0; ib < b.hop.n; ib++ {
+			if p, ok := e.pairAt(a, b, a.hop.cands[ia], b.hop.cands[ib], minOsc, B); ok && p.score > best.score {
+				best = p
 			}
 		}
-		if rho < cfg.MinAutocorrelation {
-			continue
-		}
-		score := math.Cbrt(min(1, oa.strength) * min(1, ob.strength) * min(1, rho))
-		if score > best.score {
-			best = covertPair{a: a, b: b, res: res, score: score, rho: rho, lagBins: float64(lag), periodNS: period, binNS: binNS}
-		}
+	}
+	if best.a != nil {
+		e.pairSeen[pk] = B
+	} else {
+		delete(e.pairSeen, pk)
 	}
 	return best, best.a != nil
+}
+
+// pairAt judges a pair on one oscillation of each.
+func (e *Engine) pairAt(a, b *vmi, oa, ob trainOsc, minOsc float64, B int64) (covertPair, bool) {
+	cfg := e.cfg.CacheOscillation
+	res := oa.res
+	if oa.res != ob.res || oa.strength < minOsc || ob.strength < minOsc {
+		return covertPair{}, false
+	}
+	bin := max(oa.binNS, ob.binNS)
+	if !periodsMatch(oa.periodNS, ob.periodNS, bin) {
+		return covertPair{}, false
+	}
+	period := min(oa.periodNS, ob.periodNS)
+	x, y, binNS, _ := e.pairTrains(a, b, res, bin, B)
+	if x == nil {
+		return covertPair{}, false
+	}
+	L := max(1, min(len(x)/4, int(math.Ceil(0.5*period/float64(binNS)))))
+	e.sc.r = grow(e.sc.r, 2*L+1)
+	cc := e.sc.r
+	e.sc.crossCorrelate(x, y, L, cc)
+	rho, lag := 0.0, 0
+	for t := -L; t <= L; t++ {
+		if v := math.Abs(cc[L+t]); v > rho {
+			rho, lag = v, t
+		}
+	}
+	if debugf != nil {
+		debugf("  pair %s %s res=%d rho=%.2f lag=%d period=%.1fms", a.ref, b.ref, res, rho, lag, period/1e6)
+	}
+	if rho < cfg.MinAutocorrelation {
+		return covertPair{}, false
+	}
+	// Data coupling: two timers with the same period always line up
+	// at some lag. A channel's receiver also follows the sender's data:
+	// how much activity each cycle holds changes from cycle to cycle,
+	// in step at both ends, and not because of the rest of the node
+	// (co-runner interference moves every cache-sensitive VMI at once).
+	pb := period / float64(binNS)
+	offA, offB := 0.0, float64(lag)
+	if lag < 0 {
+		offA, offB = float64(-lag), 0
+	}
+	// Cut the cycles where both ends are quietest, so that a burst is
+	// never split between two cycles (a slightly wrong period would
+	// otherwise move the split from cycle to cycle, the same way at both
+	// ends of two synchronised timers).
+	cut := e.quietPhase(x, y, pb, offA, offB)
+	offA += cut
+	offB += cut
+	e.sc.rx = cycleSums(x, pb, offA, e.sc.rx)
+	e.sc.ry = cycleSums(y, pb, offB, e.sc.ry)
+	dataRho := e.dataCoupling(a, b, res, binNS, B, len(x), pb, offA)
+	if debugf != nil {
+		debugf("    data rho=%.2f", dataRho)
+	}
+	if dataRho < cfg.MinAutocorrelation {
+		return covertPair{}, false
+	}
+	score := math.Pow(min(1, oa.strength)*min(1, ob.strength)*min(1, rho)*min(1, dataRho), 0.25)
+	return covertPair{a: a, b: b, oa: oa, ob: ob, res: res, score: score, rho: rho, dataRho: dataRho, lagBins: float64(lag), periodNS: period, binNS: binNS}, true
+}
+
+type pairKey struct{ a, b *vmi }
+
+// followerMinData is the data coupling a VMI needs to pair with an
+// oscillating one when its own train shows no clock: the sender's bit
+// clock is established by the other end, so only a receiver that follows
+// its data almost exactly is named.
+const followerMinData = 0.8
+
+// pairFollower judges a pair of an oscillating VMI a and a VMI f whose own
+// train did not show an oscillation.
+func (e *Engine) pairFollower(a, f *vmi, B int64) (covertPair, bool) {
+	cfg := e.cfg.CacheOscillation
+	// Only the strongest oscillation of a: each try costs a transform.
+	k := -1
+	for i := 0; i < a.hop.n; i++ {
+		if a.hop.cands[i].strength >= cfg.MinAutocorrelation && (k < 0 || a.hop.cands[i].strength > a.hop.cands[k].strength) {
+			k = i
+		}
+	}
+	if k < 0 {
+		return covertPair{}, false
+	}
+	oa := a.hop.cands[k]
+	of := trainOsc{ok: true, res: oa.res, binNS: oa.binNS, periodNS: oa.periodNS}
+	p, ok := e.pairAt(a, f, oa, of, 0, B)
+	if !ok || p.dataRho < max(followerMinData, cfg.MinAutocorrelation) {
+		return covertPair{}, false
+	}
+	p.score = math.Pow(min(1, oa.strength)*min(1, p.rho)*min(1, p.dataRho)*min(1, p.dataRho), 0.25)
+	return p, true
 }
 
 // end is one participant of a covert channel.
@@ -339,7 +650,10 @@ func (e *Engine) emitCovert(n *node, B int64, p covertPair) {
 	}
 	key := episodeKey{typ: v1alpha1.CacheCovertChannel, node: n.name, victim: victim.v.ref, other: other.ref}
 	e.evidence(key, B, W, func() Detection {
-		vo, oo := victim.v.hop.osc[p.res], other.hop.osc[p.res]
+		vo, oo := p.oa, p.ob
+		if victim.v == p.b {
+			vo, oo = p.ob, p.oa
+		}
 		lagNS := int64(p.lagBins * float64(p.binNS))
 		if victim.v == p.b {
 			lagNS = -lagNS
@@ -379,13 +693,17 @@ func (e *Engine) covertSeries(B int64, p covertPair, victim, other *vmi) *Series
 			c.LagsNS = append(c.LagsNS, int64(i)*victim.acCurveLag)
 		}
 		s.Autocorrelation = c
-		lag := victim.hop.osc[p.res].acLagNS
+		vo := p.oa
+		if victim == p.b {
+			vo = p.ob
+		}
+		lag := vo.acLagNS
 		if lag <= 0 {
-			lag = victim.hop.osc[p.res].periodNS
+			lag = vo.periodNS
 		}
 		s.PeakLagNS = int64(lag)
 	}
-	x, y, binNS, start := e.pairTrains(victim, other, p.res, B)
+	x, y, binNS, start := e.pairTrains(victim, other, p.res, p.binNS, B)
 	if x == nil {
 		return s
 	}

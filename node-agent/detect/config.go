@@ -32,8 +32,14 @@ type Config struct {
 	BusLock          BusLockConfig
 	SideChannel      SideChannelConfig
 
-	// DefaultProtection, when set, protects every VMI that has no
-	// protection of its own (sidewatch analyze without --policy).
+	// ProtectionFor, when set, decides the protection of a VMI the engine
+	// meets for the first time and that SetProtection did not cover (nil:
+	// not protected). sidewatch analyze evaluates a policy's selectors
+	// here.
+	ProtectionFor func(VMIRef) *Protection
+	// DefaultProtection, when set, protects every VMI that neither
+	// SetProtection nor ProtectionFor protects (sidewatch analyze without
+	// --policy).
 	DefaultProtection *Protection
 }
 

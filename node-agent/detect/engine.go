@@ -32,6 +32,7 @@ type Engine struct {
 	regions     map[VMIRef]*regionTable
 	resolver    Resolver
 	episodes    map[episodeKey]*episode
+	pairSeen    map[pairKey]int64
 
 	out   []Detection
 	sc    scratch
@@ -92,6 +93,9 @@ type vmi struct {
 	acCurve    []float32
 	acCurveLag int64
 	acStrength float64
+	// lockHop is the analysis at which the bus-lock detector last found
+	// this VMI sending.
+	lockHop int64
 }
 
 // New returns an engine for cfg.
@@ -107,6 +111,7 @@ func New(cfg Config) (*Engine, error) {
 		protections: map[VMIRef]*Protection{},
 		regions:     map[VMIRef]*regionTable{},
 		episodes:    map[episodeKey]*episode{},
+		pairSeen:    map[pairKey]int64{},
 	}
 	e.coarseNS = cfg.Interval.Nanoseconds()
 	e.latenessNS = cfg.Lateness.Nanoseconds()
@@ -127,8 +132,8 @@ func New(cfg Config) (*Engine, error) {
 	if e.maxWinNS == 0 {
 		e.maxWinNS, minWin = 10*e.coarseNS, 10*e.coarseNS
 	}
-	// Four analyses per (shortest) window, on interval boundaries.
-	e.hopNS = max(e.coarseNS, minWin/4/e.coarseNS*e.coarseNS)
+	// Two analyses per (shortest) window, on interval boundaries.
+	e.hopNS = max(e.coarseNS, minWin/2/e.coarseNS*e.coarseNS)
 	keep := e.maxWinNS + e.hopNS + e.latenessNS + 2*e.coarseNS
 	e.coarseLen = int(keep/e.coarseNS) + 2
 	if cfg.CacheOscillation.Enabled {
@@ -199,7 +204,6 @@ func (e *Engine) newVMI(n *node, ref VMIRef) *vmi {
 		v.regions = &regionTable{}
 		e.regions[ref] = v.regions
 	}
-	v.base.init()
 	e.applyProtection(v)
 	return v
 }
@@ -224,6 +228,11 @@ func (e *Engine) SetProtection(ref VMIRef, p *Protection) {
 func (e *Engine) Protected(ref VMIRef) *Protection {
 	if p := e.protections[ref]; p != nil {
 		return p
+	}
+	if e.cfg.ProtectionFor != nil {
+		if p := e.cfg.ProtectionFor(ref); p != nil {
+			return p
+		}
 	}
 	return e.cfg.DefaultProtection
 }
@@ -284,6 +293,11 @@ func (e *Engine) RemoveVMI(nodeName string, ref VMIRef) {
 	for k := range e.episodes {
 		if k.node == nodeName && (k.victim == ref || k.other == ref) {
 			delete(e.episodes, k)
+		}
+	}
+	for k := range e.pairSeen {
+		if k.a == v || k.b == v {
+			delete(e.pairSeen, k)
 		}
 	}
 }
@@ -395,6 +409,17 @@ func (e *Engine) addSample(v *vmi, t int64, c trace.Event, rip uint64) {
 	}
 }
 
+// Late reports whether o would arrive after an analysis of a window that
+// should have contained it (it is older than the newest analysis of its
+// node). Late observations still count in later windows.
+func (e *Engine) Late(o Observation) bool {
+	if o.Stream < 0 || int(o.Stream) >= len(e.streams) {
+		return false
+	}
+	v := e.streams[o.Stream].vmi
+	return v != nil && o.TimeNS < v.node.analyzed
+}
+
 // Advance tells the engine that a node's time has reached nowNS even if no
 // observation says so (all its VMIs are quiet), so windows ending before
 // nowNS - Lateness are analysed.
@@ -454,11 +479,13 @@ func (e *Engine) runHops(n *node, until int64) {
 
 func (e *Engine) analyze(n *node, B int64) {
 	e.stats.Analyses++
-	if e.cfg.CacheOscillation.Enabled {
-		e.detectCacheOscillation(n, B)
-	}
+	// Bus locks first: a lock channel also modulates the cache trains of
+	// both ends, and must not be reported as a cache channel too.
 	if e.cfg.BusLock.Enabled {
 		e.detectBusLock(n, B)
+	}
+	if e.cfg.CacheOscillation.Enabled {
+		e.detectCacheOscillation(n, B)
 	}
 	if e.cfg.SideChannel.Enabled {
 		e.detectSideChannel(n, B)

@@ -3,7 +3,6 @@ package detect
 import (
 	"math"
 	"math/bits"
-	"math/cmplx"
 )
 
 // fft is an in-place iterative radix-2 FFT over power-of-two sizes up to
@@ -12,6 +11,8 @@ import (
 type fft struct {
 	max     int
 	twiddle []complex128 // exp(-2πik/max), k < max/2
+	inv     []complex128 // conjugates
+	stage   []complex128 // the twiddles of one stage, contiguous
 }
 
 func (f *fft) ensure(n int) {
@@ -20,9 +21,12 @@ func (f *fft) ensure(n int) {
 	}
 	f.max = n
 	f.twiddle = make([]complex128, n/2)
+	f.inv = make([]complex128, n/2)
+	f.stage = make([]complex128, n/2)
 	for k := range f.twiddle {
 		s, c := math.Sincos(-2 * math.Pi * float64(k) / float64(n))
 		f.twiddle[k] = complex(c, s)
+		f.inv[k] = complex(c, -s)
 	}
 }
 
@@ -41,20 +45,24 @@ func (f *fft) transform(x []complex128, inverse bool) {
 			x[i], x[j] = x[j], x[i]
 		}
 	}
+	tw := f.twiddle
+	if inverse {
+		tw = f.inv
+	}
 	for size := 2; size <= n; size <<= 1 {
 		half := size >> 1
 		step := f.max / size
+		ws := f.stage[:half]
+		for k := range ws {
+			ws[k] = tw[k*step]
+		}
 		for start := 0; start < n; start += size {
-			k := 0
-			for j := start; j < start+half; j++ {
-				w := f.twiddle[k]
-				if inverse {
-					w = cmplx.Conj(w)
-				}
-				t := w * x[j+half]
-				x[j+half] = x[j] - t
-				x[j] += t
-				k += step
+			lo := x[start : start+half]
+			hi := x[start+half : start+size]
+			for j, w := range ws {
+				t := w * hi[j]
+				hi[j] = lo[j] - t
+				lo[j] += t
 			}
 		}
 	}

@@ -8,16 +8,24 @@ import (
 // scratch holds the buffers analyses reuse, so that steady-state analysis
 // does not allocate.
 type scratch struct {
-	f    fft
-	z    []complex128
-	x    []float64
-	y    []float64
-	d    []float64
-	tmp  []float64
-	px   []float64
-	ad   []float64
-	r    []float64
-	cand []*vmi
+	f         fft
+	z         []complex128
+	x         []float64
+	y         []float64
+	d         []float64
+	tmp       []float64
+	px        []float64
+	ad        []float64
+	r         []float64
+	rx        []float64
+	ry        []float64
+	tmpl      []float64
+	rest      []float64
+	one       []float64
+	fine      []float64
+	fold      []float64
+	cand      []*vmi
+	followers []*vmi
 }
 
 func grow[T any](s []T, n int) []T {
@@ -30,6 +38,7 @@ func grow[T any](s []T, n int) []T {
 // trainOsc is what analyseTrain found in one event train.
 type trainOsc struct {
 	ok       bool
+	res      int // resFine or resCoarse
 	binNS    int64
 	startNS  int64
 	nbins    int
@@ -92,8 +101,8 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 		sumAbs += a
 	}
 	q := quantile(sc.tmp[1:], 0.25)
-	thr := 3 * q / 0.3186
-	var sumD float64
+	thr := 2.5 * q / 0.3186
+	var sumD, sumD2 float64
 	for i := range N {
 		v := sc.d[i] - thr
 		if v < 0 {
@@ -101,6 +110,14 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 		}
 		sc.d[i] = v
 		sumD += v
+		sumD2 += v * v
+	}
+	// Effective number of edges (participation ratio): a handful of edges
+	// fits some clock by chance, so coherence is debiased by the level
+	// noise reaches when searching that many frequencies.
+	nEdges := 0.0
+	if sumD2 > 0 {
+		nEdges = sumD * sumD / sumD2
 	}
 	M := nextPow2(2 * N)
 	sc.z = grow(sc.z, M)
@@ -115,10 +132,10 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 	for k := 0; k <= half; k++ {
 		zk := sc.z[k]
 		zm := cmplx.Conj(sc.z[(M-k)%M])
-		X := (zk + zm) / 2
-		D := (zk - zm) / complex(0, 2)
+		X := (zk + zm) * 0.5
+		q := zk - zm // D = q / 2i
 		sc.px[k] = real(X)*real(X) + imag(X)*imag(X)
-		sc.ad[k] = cmplx.Abs(D)
+		sc.ad[k] = 0.5 * math.Hypot(real(q), imag(q))
 	}
 	// Autocorrelation: inverse transform of the power spectrum.
 	for k := 0; k <= half; k++ {
@@ -197,7 +214,7 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 					}
 				}
 				clockQ = bestF
-				res.clock = min(1, bestC)
+				res.clock = debias(min(1, bestC), nEdges, float64(qmax-qmin+1))
 				break
 			}
 		}
@@ -218,18 +235,80 @@ func (sc *scratch) analyseTrain(x []float64, minLag, maxLag float64) (res trainO
 	return res, r
 }
 
+// debias removes from a coherence R measured over n edges the level that
+// the best of f frequencies reaches on random edges (R² ≈ ln f / n):
+// sqrt((R² - b) / (1 - b)), 0 when R is no better than chance.
+func debias(R, n, f float64) float64 {
+	if n <= 1 {
+		return 0
+	}
+	b := math.Log(max(f, 2)) / n
+	if b >= 1 {
+		return 0
+	}
+	return math.Sqrt(max(0, (R*R-b)/(1-b)))
+}
+
+// cycleSums sums x over consecutive cycles of p bins starting at bin off
+// (fractional bins are split), into out.
+func cycleSums(x []float64, p, off float64, out []float64) []float64 {
+	out = out[:0]
+	for k := 0; ; k++ {
+		lo := off + float64(k)*p
+		hi := lo + p
+		if hi > float64(len(x)) {
+			break
+		}
+		if lo < 0 {
+			continue
+		}
+		var s float64
+		i0, i1 := int(lo), int(hi)
+		if i0 == i1 {
+			s = x[i0] * (hi - lo)
+		} else {
+			s = x[i0] * (float64(i0+1) - lo)
+			for i := i0 + 1; i < i1; i++ {
+				s += x[i]
+			}
+			if i1 < len(x) {
+				s += x[i1] * (hi - float64(i1))
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// partialCorr is the correlation of a and b once c is accounted for.
+func partialCorr(a, b, c []float64) float64 {
+	ab, ac, bc := pearson(a, b), pearson(a, c), pearson(b, c)
+	den := math.Sqrt((1 - ac*ac) * (1 - bc*bc))
+	if den < 1e-6 {
+		return 0
+	}
+	return (ab - ac*bc) / den
+}
+
 // coherenceAt evaluates the edge coherence at frequency f (cycles per bin)
 // exactly.
 func (sc *scratch) coherenceAt(x []float64, mean, f, sumD, sumAbs float64) float64 {
 	var dr, di, xr, xi float64
-	w := -2 * math.Pi * f
+	// Rotate a phasor instead of calling Sincos per bin; renormalise
+	// now and then against rounding drift.
+	ws, wc := math.Sincos(-2 * math.Pi * f)
+	c, s := 1.0, 0.0
 	for i := range x {
-		s, c := math.Sincos(w * float64(i))
 		dr += sc.d[i] * c
 		di += sc.d[i] * s
 		v := x[i] - mean
 		xr += v * c
 		xi += v * s
+		c, s = c*wc-s*ws, c*ws+s*wc
+		if i&1023 == 1023 {
+			m := 1 / math.Hypot(c, s)
+			c, s = c*m, s*m
+		}
 	}
 	var out float64
 	if sumD > 0 {
@@ -317,8 +396,9 @@ func (sc *scratch) crossCorrelate(a, b []float64, L int, out []float64) {
 	for k := 0; k <= half; k++ {
 		zk := sc.z[k]
 		zm := cmplx.Conj(sc.z[(M-k)%M])
-		A := (zk + zm) / 2
-		B := (zk - zm) / complex(0, 2)
+		A := (zk + zm) * 0.5
+		q := zk - zm
+		B := complex(0.5*imag(q), -0.5*real(q))
 		sc.z[k] = cmplx.Conj(A) * B
 	}
 	// The cross-spectrum of two real sequences is Hermitian, so the

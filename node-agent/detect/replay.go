@@ -24,14 +24,28 @@ type ReplaySummary struct {
 	State      StateSize
 }
 
+// ReplayOptions are the hooks of Replay; all are optional.
+type ReplayOptions struct {
+	// Setup runs once on the engine before the first row (to set
+	// protections or a resolver).
+	Setup func(*Engine) error
+	// Meta sees every metadata line, before the engine does.
+	Meta func(key, value []byte) error
+	// Emit receives every detection in emission order; an error from it
+	// stops the replay. The detection is only valid during the call.
+	Emit func(*Detection) error
+}
+
 // Replay runs a trace through a new engine, the same one the agent runs
 // live. The trace's interval and sample periods override cfg's (they
 // describe how the data was collected); its guest_region lines feed the
-// engine's region tables. setup, when not nil, runs once on the engine
-// before the first row (to set protections or a resolver). emit receives
-// every detection in emission order; an error from it stops the replay.
-// Bad input is a *trace.SyntaxError ("line N: reason").
-func Replay(ctx context.Context, src io.Reader, cfg Config, setup func(*Engine) error, emit func(*Detection) error) (ReplaySummary, error) {
+// engine's region tables. Bad input is a *trace.SyntaxError
+// ("line N: reason").
+func Replay(ctx context.Context, src io.Reader, cfg Config, opts ReplayOptions) (ReplaySummary, error) {
+	setup, emit := opts.Setup, opts.Emit
+	if emit == nil {
+		emit = func(*Detection) error { return nil }
+	}
 	var sum ReplaySummary
 	r := trace.NewReader(src)
 	var st trace.StreamTable
@@ -57,6 +71,11 @@ func Replay(ctx context.Context, src io.Reader, cfg Config, setup func(*Engine) 
 		}
 		if kind == trace.KindMeta {
 			key, val := r.Meta()
+			if opts.Meta != nil {
+				if err := opts.Meta(key, val); err != nil {
+					return sum, &trace.SyntaxError{Line: r.Line(), Msg: err.Error()}
+				}
+			}
 			if string(key) == trace.MetaGuestRegion {
 				g, err := trace.ParseGuestRegion(string(val))
 				if err != nil {
@@ -109,7 +128,11 @@ func Replay(ctx context.Context, src io.Reader, cfg Config, setup func(*Engine) 
 		}
 		sum.FirstNS = min(sum.FirstNS, row.TimeNS)
 		sum.LastNS = max(sum.LastNS, row.TimeNS)
-		if ds := eng.Observe(Observation{TimeNS: row.TimeNS, Stream: ids[tid], Event: row.Event, Value: row.Value}); len(ds) > 0 {
+		obs := Observation{TimeNS: row.TimeNS, Stream: ids[tid], Event: row.Event, Value: row.Value}
+		if eng.Late(obs) {
+			return sum, &trace.SyntaxError{Line: r.Line(), Msg: fmt.Sprintf("time_ns %d is more than %v behind rows of other vCPUs of node %s already analysed: rows of different vCPUs may be at most that far out of order; sort the trace by time (keep the lines before the header, then sort -t, -k1,1n -s the rows)", row.TimeNS, eng.cfg.Lateness, row.Node)}
+		}
+		if ds := eng.Observe(obs); len(ds) > 0 {
 			if err := deliver(ds); err != nil {
 				return sum, err
 			}

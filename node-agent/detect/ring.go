@@ -101,16 +101,33 @@ func (r *countRing) get(i int64) uint16 {
 // and returns the total count.
 func (r *countRing) sum(from, to int64, factor int, out []float64) int64 {
 	var total int64
-	for j := range out {
-		var s int64
-		base := from + int64(j*factor)
-		for k := 0; k < factor; k++ {
-			if i := base + int64(k); i < to {
-				s += int64(r.get(i))
+	n := int64(len(r.bins))
+	lo := max(from, r.head-n+1, 0) // oldest index still held
+	hi := min(to, r.head+1)
+	clear(out)
+	if hi <= lo {
+		return 0
+	}
+	// Walk the held bins in at most two contiguous runs of the ring.
+	i := lo
+	for i < hi {
+		start := i % n
+		run := min(hi-i, n-start)
+		seg := r.bins[start : start+run]
+		j := int((i - from) / int64(factor))
+		left := int64(factor) - (i-from)%int64(factor)
+		for _, c := range seg {
+			if left == 0 {
+				j++
+				left = int64(factor)
 			}
+			if j < len(out) {
+				out[j] += float64(c)
+				total += int64(c)
+			}
+			left--
 		}
-		out[j] = float64(s)
-		total += s
+		i += run
 	}
 	return total
 }

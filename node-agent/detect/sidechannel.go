@@ -30,8 +30,6 @@ type baseline struct {
 	mode  int8 // 0 unset, 1 per kilo-instruction, 2 per interval
 }
 
-func (b *baseline) init() {}
-
 func (b *baseline) add(x float64) {
 	i := int((x - baselineLo) / baselineRes)
 	i = max(0, min(baselineBins-1, i))
@@ -236,14 +234,26 @@ func (e *Engine) judgeSuspect(u *vmi, s []float64, i0 int64) (sideSuspect, bool)
 	}
 	xs := make([]float64, 0, len(s))
 	ss := make([]float64, 0, len(s))
+	own := make([]float64, 0, len(s))
+	ownAny := false
 	quiet := make([]float64, 0, len(s))
 	for j := range s {
-		x, ok := cacheFeature(u.coarse.get(i0+int64(j)), mode)
+		b := u.coarse.get(i0 + int64(j))
+		x, ok := cacheFeature(b, mode)
 		if !ok {
 			continue
 		}
 		xs = append(xs, x)
 		ss = append(ss, s[j])
+		// The suspect's own sensitive phases (known when it is protected
+		// too): a VMI running crypto itself changes its cache behaviour with
+		// its own phases, not the victim's.
+		o := 0.0
+		if b.sensitive > 0 && float64(b.sensitive) >= cfg.MinSensitiveFraction*float64(b.samples) {
+			o = 1
+			ownAny = true
+		}
+		own = append(own, o)
 		if s[j] == 0 {
 			quiet = append(quiet, x)
 		}
@@ -278,6 +288,10 @@ func (e *Engine) judgeSuspect(u *vmi, s []float64, i0 int64) (sideSuspect, bool)
 	}
 	dz := zs/float64(ns) - zq/float64(nq)
 	corr := pearson(ss, xs)
+	if ownAny {
+		// What the suspect's own sensitive phases explain does not count.
+		corr = partialCorr(ss, xs, own)
+	}
 	if math.Abs(corr) < cfg.MinCorrelation || math.Abs(dz) < cfg.AnomalyThreshold || corr*dz < 0 {
 		return sideSuspect{}, false
 	}

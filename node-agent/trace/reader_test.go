@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -268,6 +269,8 @@ func BenchmarkReader(b *testing.B) {
 	data := benchTrace(200000)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	for b.Loop() {
 		r := NewReader(bytes.NewReader(data))
 		var st StreamTable
@@ -283,4 +286,7 @@ func BenchmarkReader(b *testing.B) {
 		sinkRows = n
 	}
 	b.ReportMetric(float64(b.N)*200000/b.Elapsed().Seconds(), "rows/s")
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / 1e9
+	b.ReportMetric(float64(b.N)*200000/cpu, "rows/cpu-s")
 }

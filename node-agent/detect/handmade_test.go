@@ -1,0 +1,155 @@
+package detect
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/node-agent/trace"
+)
+
+// A hand-made bus-lock channel: the sender takes 300k split locks per
+// second in the first half of each 1 bit (80 ms bits), one lock sample per
+// 1000 locks; the receiver's cycles per instruction rise with them.
+func TestBusLockChannelHandMade(t *testing.T) {
+	var buf bytes.Buffer
+	w := trace.NewWriter(&buf)
+	w.Meta(trace.MetaInterval, "100ms")
+	w.Meta("sample_period.bus_locks", "1000")
+	rng := rand.New(rand.NewPCG(5, 5))
+	b := randomBits(3, 10000)
+	const onset, period = 30.0, 0.08
+	lock := func(ts float64) float64 {
+		if ts < onset {
+			return 0
+		}
+		x := (ts - onset) / period
+		k := int(x)
+		if b[k] && x-float64(k) < 0.5 {
+			return 3e5
+		}
+		return 0
+	}
+	var cum float64
+	var locksInt, stallInt float64
+	for ms := 1; ms <= 90000; ms++ {
+		ts := float64(ms) / 1000
+		l := lock(ts)
+		locksInt += l / 1000
+		stallInt += l / 3e5
+		before := cum
+		cum += l / 1000
+		if int(cum/1000) > int(before/1000) {
+			w.Row(int64(ms)*1e6, "n1", "ns", "sender", 0, trace.BusLocks.Sample(), 0)
+		}
+		if ms%100 == 0 {
+			at := int64(ms) * 1e6
+			w.Row(at, "n1", "ns", "sender", 0, trace.BusLocks, uint64(locksInt))
+			w.Row(at, "n1", "ns", "sender", 0, trace.SplitLocks, uint64(locksInt))
+			for _, v := range []string{"sender", "receiver", "bystander"} {
+				cpi := 1.0
+				if v == "receiver" {
+					cpi += 2 * stallInt / 100
+				}
+				if v == "bystander" {
+					cpi += 0.3 * rng.Float64()
+				}
+				cyc := 2.5e8
+				w.Row(at, "n1", "ns", v, 0, trace.Cycles, uint64(cyc))
+				w.Row(at, "n1", "ns", v, 0, trace.Instructions, uint64(cyc/cpi*(1+0.02*rng.NormFloat64())))
+				w.Row(at, "n1", "ns", v, 0, trace.LLCMisses, uint64(1e5*(1+0.1*rng.NormFloat64())))
+			}
+			locksInt, stallInt = 0, 0
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ds := replayAll(t, buf.Bytes(), allProtected())
+	if len(ds) == 0 {
+		t.Fatal("no detection")
+	}
+	d := ds[0]
+	if d.Type != v1alpha1.BusLockCovertChannel || d.Victim.Name != "sender" || len(d.Suspects) == 0 || d.Suspects[0].Name != "receiver" || d.Suspects[0].Role != RoleReceiver {
+		t.Errorf("got %s victim %s suspects %+v", d.Type, d.Victim, d.Suspects)
+	}
+	if d.TimeNS < onset*1e9 || d.TimeNS > (onset+30)*1e9 {
+		t.Errorf("detected at %dns, want within 30s of the onset", d.TimeNS)
+	}
+	if p := float64(d.Evidence.PeriodNS) / 1e6; p < 75 || p > 85 {
+		t.Errorf("period %.1fms, want about 80ms", p)
+	}
+}
+
+// A hand-made Prime+Probe: the victim's samples fall in libcrypto (declared
+// by guest_region lines) during random sensitive phases; from the onset the
+// attacker misses twice as much in them; a bystander is busy on its own.
+func TestSideChannelHandMade(t *testing.T) {
+	var buf bytes.Buffer
+	w := trace.NewWriter(&buf)
+	w.Meta(trace.MetaInterval, "100ms")
+	w.Meta(trace.MetaGuestRegion, trace.GuestRegion{Namespace: "pay", VMI: "tls", Start: 0x7f0000100000, End: 0x7f0000400000, Path: "/usr/lib/libcrypto.so.3"}.String())
+	w.Meta(trace.MetaGuestRegion, trace.GuestRegion{Namespace: "pay", VMI: "tls", Start: 0x400000, End: 0x600000, Path: "/usr/bin/nginx"}.String())
+	rng := rand.New(rand.NewPCG(8, 8))
+	const onset = 60.0
+	sens := false
+	until := 0.0
+	for i := 1; i <= 1500; i++ {
+		ts := float64(i) / 10
+		at := int64(i) * 1e8
+		if ts >= until {
+			sens = !sens
+			if sens {
+				until = ts + 0.3 + rng.Float64()
+			} else {
+				until = ts + 0.5 + 2*rng.Float64()
+			}
+		}
+		for k := 0; k < 8; k++ {
+			rip := uint64(0x400000 + rng.IntN(0x100000))
+			if sens && rng.Float64() < 0.9 {
+				rip = uint64(0x7f0000100000 + rng.IntN(0x200000))
+			}
+			w.Row(at-int64(8-k)*1e7, "n1", "pay", "tls", 0, trace.LLCMisses.Sample(), rip)
+		}
+		attacker := 3e5 * (1 + 0.05*rng.NormFloat64())
+		if ts >= onset && sens {
+			attacker *= 2
+		}
+		for _, v := range []struct {
+			ns, name string
+			misses   float64
+		}{
+			{"pay", "tls", 5e4 * (1 + 0.1*rng.NormFloat64())},
+			{"t", "attacker", attacker},
+			{"t", "bystander", 4e5 * (1 + 0.5*rng.Float64())},
+		} {
+			w.Row(at, "n1", v.ns, v.name, 0, trace.LLCMisses, uint64(v.misses))
+			w.Row(at, "n1", v.ns, v.name, 0, trace.Instructions, uint64(1e8*(1+0.03*rng.NormFloat64())))
+			w.Row(at, "n1", v.ns, v.name, 0, trace.Cycles, 2e8)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ProtectionFor = func(r VMIRef) *Protection {
+		if r.Namespace == "pay" {
+			return &Protection{Policy: "p", Signatures: []Signature{BuiltinCryptoSignature()}}
+		}
+		return nil
+	}
+	ds := replayAll(t, sortRows(t, buf.Bytes()), cfg)
+	if len(ds) == 0 {
+		t.Fatal("no detection")
+	}
+	d := ds[0]
+	if d.Type != v1alpha1.CacheSideChannel || d.Victim.Name != "tls" || len(d.Suspects) != 1 || d.Suspects[0].Name != "attacker" ||
+		d.Evidence.Signature != BuiltinCryptoSignatureName || d.Policy != "p" || d.Series == nil || d.Series.Sensitive == nil {
+		t.Errorf("got %+v", d)
+	}
+	if d.TimeNS < onset*1e9 || d.TimeNS > (onset+30)*1e9 {
+		t.Errorf("detected at %dns, want within 30s of the onset at %vs", d.TimeNS, onset)
+	}
+}
