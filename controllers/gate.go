@@ -85,6 +85,10 @@ func (g *migrationGate) Reserve(now time.Time, name, victim, finding string, lim
 	return v
 }
 
+// Observed forgets the reservation of a migration the cache now shows
+// (KubeVirt's CreationObserved).
+func (g *migrationGate) Observed(name string) { g.Release(name) }
+
 // Release forgets a reservation whose create failed.
 func (g *migrationGate) Release(name string) {
 	g.mu.Lock()

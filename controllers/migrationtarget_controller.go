@@ -28,9 +28,10 @@ var migrationTargetsKey = types.NamespacedName{Name: "migration-targets"}
 // whose findings resolved become allowed again, quarantines end), and
 // removes them from every node once there is none.
 //
-// Sidewatch has migration work while a sidewatch migration is unfinished,
-// while an unresolved finding may still lead to one (its action is Migrate
-// or not yet decided), or within LabelGrace of the last labelling.
+// Sidewatch has migration work while a sidewatch migration is unfinished or
+// an unresolved finding may still lead to one (its action is Migrate or not
+// yet decided). Labels are removed LabelGrace after the last labelling at
+// the earliest.
 type MigrationTargetReconciler struct {
 	client.Client
 	Labeler *TargetLabeler
@@ -52,7 +53,9 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 	work, why := hasMigrationWork(findings.Items, migrations.Items)
 	graceEnd := r.Labeler.LastEnsure().Add(r.Options.LabelGrace)
 	if !work && now.Before(graceEnd) {
-		work, why = true, "labels were used moments ago"
+		// A migration may be about to be created with these labels and not
+		// be in the cache yet: leave them a little longer.
+		return ctrl.Result{RequeueAfter: graceEnd.Sub(now) + time.Millisecond}, nil
 	}
 	if !work {
 		if err := r.Labeler.Cleanup(ctx); err != nil {
@@ -82,9 +85,6 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 	res := ctrl.Result{RequeueAfter: r.Options.WaitRequeue}
 	if end := nextQuarantineEnd(findings.Items, now, r.Options.SuspectQuarantine); !end.IsZero() {
 		res = lowestRequeue(res, ctrl.Result{RequeueAfter: end.Sub(now) + time.Millisecond})
-	}
-	if now.Before(graceEnd) {
-		res = lowestRequeue(res, ctrl.Result{RequeueAfter: graceEnd.Sub(now) + time.Millisecond})
 	}
 	return res, nil
 }

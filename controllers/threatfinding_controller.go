@@ -118,7 +118,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		if equality.Semantic.DeepEqual(s.before.Status, f.Status) {
 			return
 		}
-		err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(s.before, client.MergeFromWithOptimisticLock{}))
+		err := r.writeStatus(ctx, s)
 		switch {
 		case err == nil:
 			r.announce(ctx, s)
@@ -141,6 +141,38 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return r.reconcileResolved(ctx, s)
 	}
 	return r.reconcileNormal(ctx, s)
+}
+
+// statusWriteAttempts bounds how often one pass retries its status write
+// against a finding whose spec keeps changing.
+const statusWriteAttempts = 4
+
+// writeStatus patches the status computed by the pass, guarded by the
+// resourceVersion it read. The agent updates a finding's spec as it merges
+// detections, which bumps the resourceVersion without touching the status;
+// such a conflict is retried at once on the latest object, because a status
+// computed from an unchanged status is still right. When the status itself
+// changed meanwhile (the cache was behind), the pass must start over: the
+// conflict is returned.
+func (r *ThreatFindingReconciler) writeStatus(ctx context.Context, s *findingScope) error {
+	f := s.finding
+	err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(s.before, client.MergeFromWithOptimisticLock{}))
+	for i := 1; i < statusWriteAttempts && apierrors.IsConflict(err); i++ {
+		latest := &v1alpha1.ThreatFinding{}
+		if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(f), latest); gerr != nil {
+			return gerr
+		}
+		if !equality.Semantic.DeepEqual(latest.Status, s.before.Status) {
+			return err
+		}
+		want := latest.DeepCopy()
+		want.Status = f.Status
+		err = r.Status().Patch(ctx, want, client.MergeFromWithOptions(latest, client.MergeFromWithOptimisticLock{}))
+		if err == nil {
+			f.ResourceVersion = want.ResourceVersion
+		}
+	}
+	return err
 }
 
 // reconcileNormal runs the steps of an unresolved finding, keeping the

@@ -48,6 +48,9 @@ func (r *ThreatFindingReconciler) reconcileMigration(ctx context.Context, s *fin
 		return ctrl.Result{}, err
 	}
 	s.migrations = owned
+	for _, m := range owned {
+		r.gate.Observed(m.Namespace + "/" + m.Name)
+	}
 
 	// A migration may exist that the status does not record: the operator
 	// stopped between creating it and writing the status. Adopt it rather
