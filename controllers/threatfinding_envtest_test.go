@@ -99,10 +99,10 @@ func TestHappyPath(t *testing.T) {
 	w.waitEvents("VirtualMachineInstance", "payments-db", EventThreatDetected, EventMigrationStarted, EventMigrationSucceeded)
 
 	for name, want := range map[string]float64{
-		"sidewatch_migrations_started_total":    1,
-		"sidewatch_migrations_succeeded_total":  1,
-		"sidewatch_migrations_failed_total":     0,
-		"sidewatch_migration_duration_seconds":  1,
+		"sidewatch_migrations_started_total":     1,
+		"sidewatch_migrations_succeeded_total":   1,
+		"sidewatch_migrations_failed_total":      0,
+		"sidewatch_migration_duration_seconds":   1,
 		"sidewatch_finding_to_migration_seconds": 1,
 	} {
 		if got := op.metric(t, name, nil); got != want {
@@ -314,7 +314,9 @@ func TestCooldown(t *testing.T) {
 	startOperator(t, testOptions())
 	w.vmi("vm", "a", nil)
 	w.vmi("spy", "a", nil)
-	w.policy("protect", func(s *v1alpha1.SideChannelPolicySpec) { s.Response.Cooldown = &metav1.Duration{Duration: 3 * time.Second} })
+	w.policy("protect", func(s *v1alpha1.SideChannelPolicySpec) {
+		s.Response.Cooldown = &metav1.Duration{Duration: 3 * time.Second}
+	})
 	w.finding("first", "vm", "a", "spy")
 	first := w.waitPhase("first", v1alpha1.PhaseMitigated, 10*time.Second)
 	landed := w.vmiNode("vm")
