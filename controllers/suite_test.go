@@ -539,3 +539,7 @@ func ignoreNotFound(err error) error {
 	}
 	return err
 }
+
+func (w *world) vmiObject(name string) *virtv1.VirtualMachineInstance {
+	return &virtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name}}
+}

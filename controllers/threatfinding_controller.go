@@ -470,8 +470,8 @@ func (r *ThreatFindingReconciler) createdAt(f *v1alpha1.ThreatFinding) time.Time
 	return created
 }
 
-// SetupWithManager wires the reconciler's watches.
-func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+// init fills the defaults and the in-memory state.
+func (r *ThreatFindingReconciler) init() {
 	r.Options = r.Options.withDefaults()
 	if r.gate == nil {
 		r.gate = newMigrationGate()
@@ -479,6 +479,11 @@ func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.seen == nil {
 		r.seen = &firstSeen{at: map[types.UID]time.Time{}}
 	}
+}
+
+// SetupWithManager wires the reconciler's watches.
+func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.init()
 	noteCreation := predicate.Funcs{
 		CreateFunc: func(e event.CreateEvent) bool {
 			r.seen.mark(e.Object.GetUID(), r.Options.Clock.Now())
