@@ -140,7 +140,7 @@ func (r *ThreatFindingReconciler) announce(ctx context.Context, s *findingScope)
 		vmi = s.vmi
 	}
 	for _, n := range notices(s.before, f) {
-		log.Info(n.Note, "event", n.Reason)
+		log.Info("recorded event", "reason", n.Reason, "note", n.Note)
 		if r.Recorder == nil {
 			continue
 		}

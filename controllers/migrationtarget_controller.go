@@ -24,14 +24,17 @@ import (
 var migrationTargetsKey = types.NamespacedName{Name: "migration-targets"}
 
 // MigrationTargetReconciler keeps the migration-target labels on the nodes
-// current while sidewatch has migration work (new nodes get labelled, nodes
-// whose findings resolved become allowed again, quarantines end), and
-// removes them from every node once there is none.
+// current while sidewatch may migrate (new nodes get labelled, nodes whose
+// findings resolved become allowed again, quarantines end), and removes
+// them from every node once it may not.
 //
-// Sidewatch has migration work while a sidewatch migration is unfinished or
-// an unresolved finding may still lead to one (its action is Migrate or not
-// yet decided). Labels are removed LabelGrace after the last labelling at
-// the earliest.
+// Sidewatch may migrate while a SideChannelPolicy with action Migrate
+// exists, a sidewatch migration is unfinished, or an unresolved finding may
+// still lead to one (its action is Migrate or not yet decided). Keeping the
+// labels in place whenever a Migrate policy exists means that when an attack
+// comes, only the nodes whose verdict changes are written before the
+// victim's migration is created, not every node of the cluster. Labels are
+// removed LabelGrace after the last labelling at the earliest.
 type MigrationTargetReconciler struct {
 	client.Client
 	Labeler *TargetLabeler
@@ -50,7 +53,11 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 	if err := r.List(ctx, &migrations, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list sidewatch migrations: %w", err)
 	}
-	work, why := hasMigrationWork(findings.Items, migrations.Items)
+	var policies v1alpha1.SideChannelPolicyList
+	if err := r.List(ctx, &policies); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list policies: %w", err)
+	}
+	work, why := hasMigrationWork(policies.Items, findings.Items, migrations.Items)
 	graceEnd := r.Labeler.LastEnsure().Add(r.Options.LabelGrace)
 	if !work && now.Before(graceEnd) {
 		// A migration may be about to be created with these labels and not
@@ -91,7 +98,12 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 
 // hasMigrationWork reports whether sidewatch may still create or follow a
 // migration, and why.
-func hasMigrationWork(findings []v1alpha1.ThreatFinding, migrations []virtv1.VirtualMachineInstanceMigration) (bool, string) {
+func hasMigrationWork(policies []v1alpha1.SideChannelPolicy, findings []v1alpha1.ThreatFinding, migrations []virtv1.VirtualMachineInstanceMigration) (bool, string) {
+	for i := range policies {
+		if p := &policies[i]; p.DeletionTimestamp == nil && p.Spec.Response.Action == v1alpha1.ActionMigrate {
+			return true, "policy " + p.Name + " may migrate"
+		}
+	}
 	for i := range migrations {
 		if !migrations[i].IsFinal() {
 			return true, "migration " + migrations[i].Namespace + "/" + migrations[i].Name + " is in flight"
@@ -129,6 +141,7 @@ func (r *MigrationTargetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("migrationtargets").
 		Watches(&corev1.Node{}, one, builder.WithPredicates(nodeChange)).
 		Watches(&v1alpha1.ThreatFinding{}, one).
+		Watches(&v1alpha1.SideChannelPolicy{}, one, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&virtv1.VirtualMachineInstanceMigration{}, one, builder.WithPredicates(sidewatchMigration)).
 		Complete(r)
 }

@@ -16,7 +16,7 @@ const (
 	DefaultNamespace         = "sidewatch-system"
 	DefaultFindingTTL        = 7 * 24 * time.Hour
 	DefaultSuspectQuarantine = time.Hour
-	DefaultFindingWorkers    = 8
+	DefaultFindingWorkers    = 16
 	DefaultWaitRequeue       = 10 * time.Second
 	DefaultFollowRequeue     = time.Minute
 	DefaultConflictRetry     = 200 * time.Millisecond

@@ -177,7 +177,13 @@ func grantOperatorRBAC(ctx context.Context) (*rest.Config, error) {
 			}
 		}
 	}
-	return env.AddUser(operatorUser)
+	cfg, err := env.AddUser(operatorUser)
+	if err != nil {
+		return nil, err
+	}
+	// The operator's defaults (main.go); client-go would allow only 5/s.
+	cfg.QPS, cfg.Burst = 200, 400
+	return cfg, nil
 }
 
 // testOptions are short intervals so the suite stays fast.
@@ -542,4 +548,12 @@ func ignoreNotFound(err error) error {
 
 func (w *world) vmiObject(name string) *virtv1.VirtualMachineInstance {
 	return &virtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name}}
+}
+
+// deleteAllPolicies deletes every SideChannelPolicy in the cluster.
+func deleteAllPolicies(t *testing.T) {
+	t.Helper()
+	if err := admin.DeleteAllOf(context.Background(), &v1alpha1.SideChannelPolicy{}); err != nil {
+		t.Fatal(err)
+	}
 }

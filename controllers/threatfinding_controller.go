@@ -115,6 +115,11 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 			return
 		}
 		r.summarise(s, retErr == nil)
+		if f.Status.ResolvedTime != nil && retErr == nil {
+			// Come back when the retention period ends.
+			expires := f.Status.ResolvedTime.Add(r.Options.FindingTTL).Sub(s.now)
+			res = lowestRequeue(res, ctrl.Result{RequeueAfter: max(expires, time.Millisecond)})
+		}
 		if equality.Semantic.DeepEqual(s.before.Status, f.Status) {
 			return
 		}
@@ -128,6 +133,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 				res = ctrl.Result{RequeueAfter: r.Options.ConflictRetry}
 			}
 		default:
+			res = ctrl.Result{}
 			retErr = errors.Join(retErr, fmt.Errorf("patch status: %w", err))
 		}
 	}()
@@ -484,15 +490,23 @@ func (r *ThreatFindingReconciler) init() {
 // SetupWithManager wires the reconciler's watches.
 func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.init()
-	noteCreation := predicate.Funcs{
+	// A finding is reconciled when it appears, when its spec changes (the
+	// agent merged detections) and when it goes; not after the status
+	// writes of the operator itself, which would only double the work. What
+	// a pass waits for comes back through the watches below or RequeueAfter.
+	findingChanged := predicate.Funcs{
 		CreateFunc: func(e event.CreateEvent) bool {
 			r.seen.mark(e.Object.GetUID(), r.Options.Clock.Now())
 			return true
 		},
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
+		},
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("threatfinding").
-		For(&v1alpha1.ThreatFinding{}, builder.WithPredicates(noteCreation)).
+		For(&v1alpha1.ThreatFinding{}, builder.WithPredicates(findingChanged)).
 		Watches(&virtv1.VirtualMachineInstanceMigration{}, handler.EnqueueRequestsFromMapFunc(r.migrationToFindings)).
 		Watches(&virtv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(r.vmiToFindings)).
 		Watches(&v1alpha1.SideChannelPolicy{}, handler.EnqueueRequestsFromMapFunc(r.policyToFindings),

@@ -113,7 +113,17 @@ func TestHappyPath(t *testing.T) {
 		t.Errorf("sidewatch_findings{phase=Mitigated} = %v, want at least 1", got)
 	}
 
-	// With no migration work left the labels go away.
+	// Labels stay while a Migrate policy exists; without one, and with no
+	// migration work left, they go away.
+	time.Sleep(time.Second)
+	n := &corev1.Node{}
+	if err := admin.Get(w.ctx, client.ObjectKey{Name: w.node("b")}, n); err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels[v1alpha1.LabelMigrationTarget] != v1alpha1.MigrationTargetAllowed {
+		t.Errorf("node b lost its label while a Migrate policy exists: %v", n.Labels)
+	}
+	deleteAllPolicies(t)
 	eventually(t, 10*time.Second, "labels to be removed", func() error {
 		for _, short := range []string{"a", "b", "c"} {
 			n := &corev1.Node{}
