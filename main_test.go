@@ -79,7 +79,8 @@ func runTests(m *testing.M) int {
 }
 
 // kubeconfigFor writes a kubeconfig for a user bound to the operator's
-// generated RBAC (config/rbac/role.yaml) and returns its path.
+// RBAC (config/rbac/role.yaml and leader_election_role.yaml) and returns
+// its path.
 func kubeconfigFor(t testing.TB, dir string) string {
 	t.Helper()
 	ctx := context.Background()
@@ -90,9 +91,13 @@ func kubeconfigFor(t testing.TB, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	var raw []byte
+	for _, name := range []string{"role.yaml", "leader_election_role.yaml"} {
+		b, err := os.ReadFile(filepath.Join(root, "config", "rbac", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(append(raw, b...), []byte("\n---\n")...)
 	}
 	subject := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: operatorUser}}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)

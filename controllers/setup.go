@@ -8,10 +8,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
-// Leader election needs to write its Lease and records its transitions as
-// core Events, in the operator's own namespace only.
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=create;update;patch,namespace=sidewatch-system
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch,namespace=sidewatch-system
+// Leader election (a Lease and core Events in the operator's namespace) is
+// granted by config/rbac/leader_election_role.yaml, kept by hand because no
+// reconciler here uses it.
 
 // Setup adds the field indexes, the metrics and every reconciler to mgr.
 // The operator's main and the tests call it alike.

@@ -123,16 +123,21 @@ func runSuite(m *testing.M) int {
 	return code
 }
 
-// grantOperatorRBAC installs config/rbac/role.yaml, binds it to a
+// grantOperatorRBAC installs the operator's roles (config/rbac/role.yaml and
+// leader_election_role.yaml), binds them to a
 // certificate user, and returns that user's config.
 func grantOperatorRBAC(ctx context.Context) (*rest.Config, error) {
 	root, err := controlplane.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	raw, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
-	if err != nil {
-		return nil, err
+	var raw []byte
+	for _, name := range []string{"role.yaml", "leader_election_role.yaml"} {
+		b, err := os.ReadFile(filepath.Join(root, "config", "rbac", name))
+		if err != nil {
+			return nil, err
+		}
+		raw = append(append(raw, b...), []byte("\n---\n")...)
 	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
 	subject := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: operatorUser}}

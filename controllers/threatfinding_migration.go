@@ -168,18 +168,23 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 		return ctrl.Result{RequeueAfter: r.Options.WaitRequeue}, nil
 	}
 
-	var inflight virtv1.VirtualMachineInstanceMigrationList
-	if err := r.List(ctx, &inflight, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list sidewatch migrations: %w", err)
-	}
-	unfinished := inflight.Items[:0]
-	for _, m := range inflight.Items {
-		if !m.IsFinal() {
-			unfinished = append(unfinished, m)
-		}
-	}
 	limit := int(s.response.MaxConcurrentMigrations)
-	v := r.gate.Reserve(s.now, f.Namespace+"/"+name, s.victimKey(), f.Name, limit, unfinished)
+	v, err := r.gate.Reserve(s.now, f.Namespace+"/"+name, s.victimKey(), f.Name, limit, func() ([]virtv1.VirtualMachineInstanceMigration, error) {
+		var list virtv1.VirtualMachineInstanceMigrationList
+		if err := r.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
+			return nil, fmt.Errorf("list sidewatch migrations: %w", err)
+		}
+		unfinished := list.Items[:0]
+		for _, m := range list.Items {
+			if !m.IsFinal() {
+				unfinished = append(unfinished, m)
+			}
+		}
+		return unfinished, nil
+	})
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	switch {
 	case v.Busy != "":
 		setWaiting(f, v1alpha1.ReasonVictimAlreadyMigrating, fmt.Sprintf(

@@ -34,6 +34,7 @@ func newRootCommand() *cobra.Command {
 			return err
 		},
 	})
+	root.AddCommand(newExportCommand())
 	return root
 }
 

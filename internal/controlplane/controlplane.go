@@ -126,6 +126,7 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	reapOrphans(assets)
 	dirs := opts.CRDDirs
 	if dirs == nil {
 		if dirs, err = CRDDirs(); err != nil {
