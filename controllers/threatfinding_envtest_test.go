@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -702,13 +703,13 @@ func TestConflictsFromAgentUpdatesRetried(t *testing.T) {
 	// operator works on it, so many of the operator's status writes meet a
 	// newer resourceVersion.
 	stop := make(chan struct{})
-	agentDone := make(chan int)
+	agentDone := make(chan struct{})
+	var updates atomic.Int64
 	go func() {
-		updates := 0
+		defer close(agentDone)
 		for {
 			select {
 			case <-stop:
-				agentDone <- updates
 				return
 			case <-time.After(15 * time.Millisecond):
 			}
@@ -719,18 +720,23 @@ func TestConflictsFromAgentUpdatesRetried(t *testing.T) {
 			f.Spec.Detections++
 			f.Spec.LastSeen = metav1.NewTime(time.Now().Truncate(time.Second))
 			if err := admin.Update(w.ctx, f); err == nil {
-				updates++
+				updates.Add(1)
 			}
 		}
 	}()
 	w.waitPhase("f", v1alpha1.PhaseMitigating, 15*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	// Keep the migration running until the agent has written a good many
+	// times, then let it finish under the same barrage.
+	eventually(t, 15*time.Second, "20 agent updates", func() error {
+		if n := updates.Load(); n < 20 {
+			return fmt.Errorf("%d updates", n)
+		}
+		return nil
+	})
 	virt.Release(w.key("vm"))
 	f := w.waitPhase("f", v1alpha1.PhaseMitigated, 15*time.Second)
 	close(stop)
-	if n := <-agentDone; n < 10 {
-		t.Errorf("the agent made only %d updates; the test did not provoke conflicts", n)
-	}
+	<-agentDone
 	if ms := w.migrationsOf("vm"); len(ms) != 1 {
 		t.Errorf("%d migrations, want 1", len(ms))
 	}
