@@ -428,6 +428,11 @@ func TestNotices(t *testing.T) {
 		setActionable(f, true, v1alpha1.ReasonPolicyMatched, "p")
 		setMitigated(f, true, v1alpha1.ReasonAlertOnly, "only alerts")
 	})
+	retriedAtOnce := with(func(f *v1alpha1.ThreatFinding) {
+		setActionable(f, true, v1alpha1.ReasonPolicyMatched, "p")
+		setMigrating(f, true, v1alpha1.ReasonMigrationInProgress, "moving")
+		f.Status.Migration = &v1alpha1.MigrationStatus{Attempts: 2, Name: "m2", SourceNode: "n1", LastFailure: "boom"}
+	})
 	reasons := func(ns []notice) string {
 		var s []string
 		for _, n := range ns {
@@ -448,6 +453,8 @@ func TestNotices(t *testing.T) {
 		{"succeeded", started, succeeded, "MigrationSucceeded"},
 		{"last attempt failed", started, exhausted, "MigrationFailed MitigationFailed"},
 		{"alert only", base, alert, "ThreatDetected MigrationSkipped"},
+		{"a failure noticed after its backoff: failed and restarted in one pass", started, retriedAtOnce, "MigrationStarted MigrationFailed"},
+		{"retry after a scheduled wait", failedOnce, retriedAtOnce, "MigrationStarted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := reasons(notices(tc.before, tc.after)); got != tc.want {

@@ -269,12 +269,14 @@ func TestFailedMigrationRetriedThenMitigationFailed(t *testing.T) {
 	if r.Status.Migration.Attempts != 2 {
 		t.Errorf("retried finding took %d attempts, want 2", r.Status.Migration.Attempts)
 	}
-	if got := op.metric(t, "sidewatch_migrations_failed_total", nil); got != 4 {
-		t.Errorf("failed migrations = %v, want 4", got)
-	}
-	if got := op.metric(t, "sidewatch_migrations_started_total", nil); got != 5 {
-		t.Errorf("started migrations = %v, want 5", got)
-	}
+	// Counters move just after the status write the test saw.
+	eventually(t, 5*time.Second, "migration counters", func() error {
+		failed, started := op.metric(t, "sidewatch_migrations_failed_total", nil), op.metric(t, "sidewatch_migrations_started_total", nil)
+		if failed != 4 || started != 5 {
+			return fmt.Errorf("failed %v started %v, want 4 and 5", failed, started)
+		}
+		return nil
+	})
 }
 
 func TestNotLiveMigratable(t *testing.T) {

@@ -59,9 +59,13 @@ func (r *ThreatFindingReconciler) reconcileMigration(ctx context.Context, s *fin
 		latest := owned[n-1]
 		if a := attemptOf(latest); a > int(mig.Attempts) {
 			logf.FromContext(ctx).Info("adopting migration the status did not record", "migration", latest.Name, "attempt", a)
+			lastFailure := mig.LastFailure
+			if n >= 2 && owned[n-2].IsFinal() && owned[n-2].Status.Phase == virtv1.MigrationFailed {
+				lastFailure = failureReason(owned[n-2], s.vmi)
+			}
 			*mig = v1alpha1.MigrationStatus{
 				Name: latest.Name, Attempts: int32(a), SourceNode: latest.Annotations[annotationSourceNode],
-				ExcludedNodes: mig.ExcludedNodes, StartTime: latest.CreationTimestamp.DeepCopy(), LastFailure: mig.LastFailure,
+				ExcludedNodes: mig.ExcludedNodes, StartTime: latest.CreationTimestamp.DeepCopy(), LastFailure: lastFailure,
 			}
 		}
 	}

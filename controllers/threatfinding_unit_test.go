@@ -372,3 +372,29 @@ func TestUnitMigrationOwnership(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+func TestUnitFailureNoticedAfterItsBackoff(t *testing.T) {
+	u := newUnit(t, nil, nil) // backoff 30s
+	u.reconcile()
+	first := u.get().Status.Migration.Name
+	u.finish(first, virtv1.MigrationFailed, t0.Add(5*time.Second), "lost the target")
+	u.drainEvents()
+	// The operator was away for a minute: the failure and the next attempt
+	// land in one pass, and the failure is still counted and announced.
+	u.clock.SetTime(t0.Add(time.Minute))
+	u.reconcile()
+	f := u.get()
+	if f.Status.Migration.Attempts != 2 || f.Status.Migration.LastFailure != "lost the target" {
+		t.Errorf("migration = %+v, want attempt 2 remembering why attempt 1 failed", f.Status.Migration)
+	}
+	if got := testutil.ToFloat64(u.r.Metrics.MigrationsFailed); got != 1 {
+		t.Errorf("failed counter = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(u.r.Metrics.MigrationsStarted); got != 2 {
+		t.Errorf("started counter = %v, want 2", got)
+	}
+	ev := u.drainEvents()
+	if countPrefix(ev, "Warning MigrationFailed") != 2 || countPrefix(ev, "Normal MigrationStarted") != 2 {
+		t.Errorf("events = %v, want MigrationFailed and MigrationStarted on the finding and the VMI", ev)
+	}
+}
