@@ -48,8 +48,9 @@ type ThreatFindingReconciler struct {
 	Labeler   *TargetLabeler
 	Options   Options
 
-	gate *migrationGate
-	seen *firstSeen
+	gate   *migrationGate
+	seen   *firstSeen
+	writes *writeExpectations
 }
 
 // +kubebuilder:rbac:groups=sidewatch.io,resources=threatfindings,verbs=get;list;watch;delete
@@ -101,7 +102,13 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	}
 	if f.DeletionTimestamp != nil {
 		r.seen.forget(f.UID)
+		r.writes.forget(f.UID)
 		return ctrl.Result{}, nil
+	}
+	// The cache has not shown our last status write yet: a pass now would
+	// act on what we already changed. Wait for the watch to catch up.
+	if r.writes.pending(f.UID, r.Options.Clock.Now()) {
+		return ctrl.Result{RequeueAfter: r.Options.ConflictRetry}, nil
 	}
 	s := &findingScope{finding: f, before: f.DeepCopy(), now: r.Options.Clock.Now()}
 
@@ -126,6 +133,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		err := r.writeStatus(ctx, s)
 		switch {
 		case err == nil:
+			r.writes.expect(f.UID, f.ResourceVersion, s.now)
 			r.announce(ctx, s)
 		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 			log.V(1).Info("finding changed while reconciling; looking again", "reason", err.Error())
@@ -464,6 +472,57 @@ func (fs *firstSeen) forget(uid types.UID) {
 	delete(fs.at, uid)
 }
 
+// expectationTTL bounds how long a pass waits for the cache to show the
+// operator's own status write (a lost watch event must not stall a finding).
+const expectationTTL = 5 * time.Second
+
+// writeExpectations remembers, per finding, the resourceVersion of the
+// operator's last status write until the watch delivers it (KubeVirt's
+// "expectations"): until then the cache is known to be behind, and a pass
+// would only recompute what was written and fail with a conflict.
+type writeExpectations struct {
+	mu sync.Mutex
+	m  map[types.UID]expectedWrite
+}
+
+type expectedWrite struct {
+	resourceVersion string
+	at              time.Time
+}
+
+func (w *writeExpectations) expect(uid types.UID, rv string, now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.m[uid] = expectedWrite{rv, now}
+}
+
+// observed is called for every version the watch delivers; events arrive
+// in order, so the expected one means the cache has caught up.
+func (w *writeExpectations) observed(uid types.UID, rv string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e, ok := w.m[uid]; ok && e.resourceVersion == rv {
+		delete(w.m, uid)
+	}
+}
+
+func (w *writeExpectations) pending(uid types.UID, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.m[uid]
+	if ok && now.Sub(e.at) > expectationTTL {
+		delete(w.m, uid)
+		return false
+	}
+	return ok
+}
+
+func (w *writeExpectations) forget(uid types.UID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.m, uid)
+}
+
 // createdAt estimates when the finding was created. The API records whole
 // seconds; the true moment lies within the second after creationTimestamp
 // and just before the operator's watch delivered the finding. When the
@@ -485,6 +544,9 @@ func (r *ThreatFindingReconciler) init() {
 	if r.seen == nil {
 		r.seen = &firstSeen{at: map[types.UID]time.Time{}}
 	}
+	if r.writes == nil {
+		r.writes = &writeExpectations{m: map[types.UID]expectedWrite{}}
+	}
 }
 
 // SetupWithManager wires the reconciler's watches.
@@ -500,6 +562,7 @@ func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return true
 		},
 		UpdateFunc: func(e event.UpdateEvent) bool {
+			r.writes.observed(e.ObjectNew.GetUID(), e.ObjectNew.GetResourceVersion())
 			return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
 				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
 		},

@@ -327,8 +327,11 @@ func TestCooldown(t *testing.T) {
 	startOperator(t, testOptions())
 	w.vmi("vm", "a", nil)
 	w.vmi("spy", "a", nil)
+	// Long enough that a loaded machine cannot let it pass before the
+	// second finding is judged (API times have whole seconds).
+	const cooldown = 6 * time.Second
 	w.policy("protect", func(s *v1alpha1.SideChannelPolicySpec) {
-		s.Response.Cooldown = &metav1.Duration{Duration: 3 * time.Second}
+		s.Response.Cooldown = &metav1.Duration{Duration: cooldown}
 	})
 	w.finding("first", "vm", "a", "spy")
 	first := w.waitPhase("first", v1alpha1.PhaseMitigated, 10*time.Second)
@@ -340,9 +343,9 @@ func TestCooldown(t *testing.T) {
 	w.vmi("spy-again", short, nil)
 	w.finding("second", "vm", short, "spy-again")
 	w.waitReason("second", v1alpha1.FindingMigrating, v1alpha1.ReasonCooldown, 5*time.Second)
-	second := w.waitPhase("second", v1alpha1.PhaseMitigated, 15*time.Second)
+	second := w.waitPhase("second", v1alpha1.PhaseMitigated, 20*time.Second)
 
-	ready := first.Status.Migration.CompletionTime.Add(3 * time.Second)
+	ready := first.Status.Migration.CompletionTime.Add(cooldown)
 	// creationTimestamp is truncated to the second.
 	if created := second.Status.Migration.StartTime.Time; created.Before(ready.Add(-time.Second)) {
 		t.Errorf("second migration started at %s, before the cooldown ended at %s", created, ready)

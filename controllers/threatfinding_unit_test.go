@@ -90,6 +90,12 @@ func (u *unit) reconcile() ctrl.Result {
 	if err != nil {
 		u.t.Fatalf("Reconcile: %v", err)
 	}
+	// The fake client is its own, always current, cache: deliver the
+	// latest version as a watch would.
+	f := &v1alpha1.ThreatFinding{}
+	if err := u.c.Get(context.Background(), u.finding, f); err == nil {
+		u.r.writes.observed(f.UID, f.ResourceVersion)
+	}
 	return res
 }
 
@@ -334,6 +340,24 @@ func TestUnitOwnedMigrationVanishedMidFlight(t *testing.T) {
 	if f.Status.Phase != v1alpha1.PhaseMitigated || f.Status.Migration.TargetNode != "c" || f.Status.Migration.Duration != nil {
 		t.Errorf("phase %s target %s duration %v; want Mitigated on c with an unknown duration",
 			f.Status.Phase, f.Status.Migration.TargetNode, f.Status.Migration.Duration)
+	}
+}
+
+func TestUnitWaitsForItsOwnWrite(t *testing.T) {
+	u := newUnit(t, nil, nil)
+	if _, err := u.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: u.finding}); err != nil {
+		t.Fatal(err)
+	}
+	// The watch has not delivered the status just written: the next pass
+	// waits instead of acting on a cache known to be behind.
+	res, err := u.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: u.finding})
+	if err != nil || res.RequeueAfter != u.r.Options.ConflictRetry {
+		t.Errorf("pass before the watch caught up = %+v, %v; want a short requeue", res, err)
+	}
+	// A lost event does not stall the finding for long.
+	u.clock.Step(expectationTTL + time.Second)
+	if res := u.reconcile(); res.RequeueAfter == u.r.Options.ConflictRetry {
+		t.Errorf("still waiting after the expectation expired")
 	}
 }
 
