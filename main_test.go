@@ -416,7 +416,10 @@ func BenchmarkFindingToMigration(b *testing.B) {
 		}
 	}
 	pprof := freePort(b)
-	mgr := startManager(b, kubeconfig, "--leader-elect=false", "--pprof-bind-address="+pprof)
+	args := []string{"--leader-elect=false", "--pprof-bind-address=" + pprof}
+	// SIDEWATCH_BENCH_ARGS adds manager flags, e.g. --finding-workers=32.
+	args = append(args, strings.Fields(os.Getenv("SIDEWATCH_BENCH_ARGS"))...)
+	mgr := startManager(b, kubeconfig, args...)
 
 	var lat, calls []time.Duration
 	for iter := 0; iter < b.N; iter++ {
