@@ -5,6 +5,10 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/sidewatch/sidewatch/internal/version.Version=$(VERSION)
 CONTROLLER_GEN := $(GO) tool controller-gen
+# eBPF objects are built with Debian bookworm's clang 14 (packages clang-14,
+# llvm-14, libbpf-dev); the output is committed, so only generate-bpf needs them.
+BPF_CLANG ?= clang-14
+BPF_STRIP ?= llvm-strip-14
 # The whole suite must stay under 20 minutes once caches are warm.
 TEST_TIMEOUT ?= 25m
 
@@ -35,14 +39,22 @@ control-plane: ## Build kube-apiserver, etcd and kubectl once into the cache (~/
 ##@ Generate
 
 .PHONY: generate
-generate: manifests ## Generate deepcopy code, CRDs and RBAC.
+generate: manifests generate-bpf ## Generate deepcopy code, CRDs, RBAC and the eBPF objects.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: generate-bpf
+generate-bpf: ## Rebuild kernel/*.bpf.c into committed Go and .o files (needs clang-14, llvm-14, libbpf-dev).
+	cd kernel && BPF2GO_CC=$(BPF_CLANG) BPF2GO_STRIP=$(BPF_STRIP) $(GO) generate ./
+	cd kernel && { echo "# $$($(BPF_CLANG) --version | head -1); libbpf-dev $$(dpkg-query -W -f='$${Version}' libbpf-dev 2>/dev/null || echo unknown)"; \
+	  sha256sum gen.go *.bpf.c include/*.h; } > bpf.sum
 
 .PHONY: manifests
 manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/) and the operator's RBAC into config/rbac.
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
 	cp config/crd/bases/*.yaml charts/sidewatch/crds/
 	$(CONTROLLER_GEN) rbac:roleName=sidewatch-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	$(GO) run ./hack/prometheusrule config/monitoring/sidewatch.rules.yaml config/monitoring/prometheusrule.yaml
+	cp config/monitoring/sidewatch.rules.yaml config/monitoring/grafana-dashboard.json charts/sidewatch/files/
 
 .PHONY: kubevirt-crds
 kubevirt-crds: ## Regenerate the KubeVirt VMI and VMIM CRDs used by tests and the demo.
@@ -64,7 +76,7 @@ verify-generated: ## Fail when generated code or CRDs are stale.
 
 .PHONY: lint
 lint: ## gofmt and go vet.
-	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	@out="$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*'))"; \
 	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 

@@ -35,6 +35,7 @@ func newRootCommand() *cobra.Command {
 		},
 	})
 	root.AddCommand(newExportCommand())
+	root.AddCommand(newReportCommand())
 	return root
 }
 
