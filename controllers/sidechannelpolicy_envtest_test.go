@@ -71,7 +71,7 @@ func unmonitored(p *v1alpha1.SideChannelPolicy) map[string]string {
 
 func TestPolicyStatusFromHeartbeats(t *testing.T) {
 	w := newWorld(t, "a", "b", "c", "d", "e")
-	startOperator(t, testOptions())
+	op := startOperator(t, testOptions())
 	for _, n := range []string{"a", "b", "c", "d", "e"} {
 		w.vmi("vm-"+n, n, nil)
 	}
@@ -98,6 +98,15 @@ func TestPolicyStatusFromHeartbeats(t *testing.T) {
 	ready := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PolicyReady)
 	if ready == nil || ready.Status != metav1.ConditionFalse || ready.Reason != v1alpha1.ReasonSomeNodesUnmonitored {
 		t.Errorf("Ready = %+v, want False SomeNodesUnmonitored", ready)
+	}
+	// The same verdicts are served as a metric for alerting.
+	for node, reason := range want {
+		if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": node, "reason": reason}); got != 1 {
+			t.Errorf("sidewatch_node_unmonitored{node=%q,reason=%q} = %v, want 1", node, reason, got)
+		}
+	}
+	if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": w.node("a")}); got != 0 {
+		t.Errorf("monitored node a has sidewatch_node_unmonitored %v", got)
 	}
 	for _, u := range p.Status.UnmonitoredNodes {
 		if u.Node == w.node("d") && u.Message != "node d: KVM passes the PMU to guests; the host cannot count guest events" {
