@@ -102,13 +102,22 @@ func nextQuarantineEnd(findings []v1alpha1.ThreatFinding, now time.Time, quarant
 	return next
 }
 
-// sortedNodes returns the excluded node names in order.
+// maxRecordedExclusions bounds status.migration.excludedNodes, so that a
+// cluster under a storm of findings cannot grow a finding past what etcd
+// stores.
+const maxRecordedExclusions = 256
+
+// sortedNodes returns the excluded node names in order, at most
+// maxRecordedExclusions of them.
 func sortedNodes(ex map[string]exclusion) []string {
 	out := make([]string, 0, len(ex))
 	for n := range ex {
 		out = append(out, n)
 	}
 	sort.Strings(out)
+	if len(out) > maxRecordedExclusions {
+		out = out[:maxRecordedExclusions]
+	}
 	return out
 }
 
