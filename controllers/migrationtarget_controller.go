@@ -39,22 +39,33 @@ type MigrationTargetReconciler struct {
 	client.Client
 	Labeler *TargetLabeler
 	Options Options
+
+	// lastRun spaces the passes: every finding event triggers this
+	// reconciler, and during a burst of findings one pass every
+	// minLabelInterval is plenty (a finding that is about to migrate labels
+	// the nodes itself). One worker runs it, so no lock is needed.
+	lastRun time.Time
 }
+
+// minLabelInterval is the least time between two passes of the
+// MigrationTargetReconciler.
+const minLabelInterval = 250 * time.Millisecond
 
 // Reconcile labels every node, or removes the labels.
 func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Request) (ctrl.Result, error) {
 	log := logf.FromContext(ctx)
 	now := r.Options.Clock.Now()
+	// Read-only lists: the cached objects are not copied.
 	var findings v1alpha1.ThreatFindingList
-	if err := r.List(ctx, &findings); err != nil {
+	if err := r.List(ctx, &findings, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list findings: %w", err)
 	}
 	var migrations virtv1.VirtualMachineInstanceMigrationList
-	if err := r.List(ctx, &migrations, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
+	if err := r.List(ctx, &migrations, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list sidewatch migrations: %w", err)
 	}
 	var policies v1alpha1.SideChannelPolicyList
-	if err := r.List(ctx, &policies); err != nil {
+	if err := r.List(ctx, &policies, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list policies: %w", err)
 	}
 	work, why := hasMigrationWork(policies.Items, findings.Items, migrations.Items)
@@ -71,17 +82,7 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 		log.V(1).Info("no migration work: migration-target labels removed")
 		return ctrl.Result{}, nil
 	}
-	locate := func(namespace, name string, uid types.UID) string {
-		v := &virtv1.VirtualMachineInstance{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, v); err != nil {
-			return ""
-		}
-		if uid != "" && v.UID != uid {
-			return ""
-		}
-		return v.Status.NodeName
-	}
-	excluded := excludedNodes(findings.Items, locate, now, r.Options.SuspectQuarantine)
+	excluded := excludedNodes(findings.Items, cacheLocator(ctx, r.Client), now, r.Options.SuspectQuarantine)
 	if _, err := r.Labeler.Ensure(ctx, excluded); err != nil {
 		return ctrl.Result{}, err
 	}

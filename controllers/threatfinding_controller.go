@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -77,6 +78,10 @@ type findingScope struct {
 	// migrations are this finding's own migrations, by attempt.
 	migrations []*virtv1.VirtualMachineInstanceMigration
 
+	// staleVersions are the resourceVersions the pass's status write made
+	// stale (the one read, and any seen while retrying a conflict).
+	staleVersions []string
+
 	// done stops the remaining steps: the pass reached a decision.
 	done bool
 	// deleted: the pass deleted the finding (retention), nothing to patch.
@@ -107,10 +112,10 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	}
 	// The cache has not shown our last status write yet: a pass now would
 	// act on what we already changed. Wait for the watch to catch up.
-	if r.writes.pending(f.UID, r.Options.Clock.Now()) {
+	if r.writes.pending(f.UID, f.ResourceVersion, r.Options.Clock.Now()) {
 		return ctrl.Result{RequeueAfter: r.Options.ConflictRetry}, nil
 	}
-	s := &findingScope{finding: f, before: f.DeepCopy(), now: r.Options.Clock.Now()}
+	s := &findingScope{finding: f, before: f.DeepCopy(), now: r.Options.Clock.Now(), staleVersions: []string{f.ResourceVersion}}
 
 	// Every pass ends here: derive the summary fields, write the status
 	// once, and only when that write succeeded tell the world (Events,
@@ -133,7 +138,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		err := r.writeStatus(ctx, s)
 		switch {
 		case err == nil:
-			r.writes.expect(f.UID, f.ResourceVersion, s.now)
+			r.writes.expect(f.UID, s.now, s.staleVersions...)
 			r.announce(ctx, s)
 		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 			log.V(1).Info("finding changed while reconciling; looking again", "reason", err.Error())
@@ -179,6 +184,7 @@ func (r *ThreatFindingReconciler) writeStatus(ctx context.Context, s *findingSco
 		if !equality.Semantic.DeepEqual(latest.Status, s.before.Status) {
 			return err
 		}
+		s.staleVersions = append(s.staleVersions, latest.ResourceVersion)
 		want := latest.DeepCopy()
 		want.Status = f.Status
 		err = r.Status().Patch(ctx, want, client.MergeFromWithOptions(latest, client.MergeFromWithOptimisticLock{}))
@@ -476,45 +482,42 @@ func (fs *firstSeen) forget(uid types.UID) {
 // operator's own status write (a lost watch event must not stall a finding).
 const expectationTTL = 5 * time.Second
 
-// writeExpectations remembers, per finding, the resourceVersion of the
-// operator's last status write until the watch delivers it (KubeVirt's
-// "expectations"): until then the cache is known to be behind, and a pass
-// would only recompute what was written and fail with a conflict.
+// writeExpectations remembers, per finding, the resourceVersions that the
+// operator's last status write made stale (KubeVirt's "expectations"):
+// while the cache still shows one of them it is known to be behind, and a
+// pass would only recompute what was written and fail with a conflict. The
+// watch may deliver the new version before the write's own response
+// returns, so the stale versions are recorded, not the new one.
 type writeExpectations struct {
 	mu sync.Mutex
-	m  map[types.UID]expectedWrite
+	m  map[types.UID]staleVersions
 }
 
-type expectedWrite struct {
-	resourceVersion string
-	at              time.Time
+type staleVersions struct {
+	versions []string
+	at       time.Time
 }
 
-func (w *writeExpectations) expect(uid types.UID, rv string, now time.Time) {
+func (w *writeExpectations) expect(uid types.UID, now time.Time, stale ...string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.m[uid] = expectedWrite{rv, now}
+	w.m[uid] = staleVersions{stale, now}
 }
 
-// observed is called for every version the watch delivers; events arrive
-// in order, so the expected one means the cache has caught up.
-func (w *writeExpectations) observed(uid types.UID, rv string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if e, ok := w.m[uid]; ok && e.resourceVersion == rv {
-		delete(w.m, uid)
-	}
-}
-
-func (w *writeExpectations) pending(uid types.UID, now time.Time) bool {
+// pending reports whether the cached version cachedRV predates the last
+// write; any other version means the cache has caught up.
+func (w *writeExpectations) pending(uid types.UID, cachedRV string, now time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	e, ok := w.m[uid]
-	if ok && now.Sub(e.at) > expectationTTL {
-		delete(w.m, uid)
+	if !ok {
 		return false
 	}
-	return ok
+	if now.Sub(e.at) <= expectationTTL && slices.Contains(e.versions, cachedRV) {
+		return true
+	}
+	delete(w.m, uid)
+	return false
 }
 
 func (w *writeExpectations) forget(uid types.UID) {
@@ -545,7 +548,7 @@ func (r *ThreatFindingReconciler) init() {
 		r.seen = &firstSeen{at: map[types.UID]time.Time{}}
 	}
 	if r.writes == nil {
-		r.writes = &writeExpectations{m: map[types.UID]expectedWrite{}}
+		r.writes = &writeExpectations{m: map[types.UID]staleVersions{}}
 	}
 }
 
@@ -562,7 +565,6 @@ func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return true
 		},
 		UpdateFunc: func(e event.UpdateEvent) bool {
-			r.writes.observed(e.ObjectNew.GetUID(), e.ObjectNew.GetResourceVersion())
 			return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
 				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
 		},

@@ -123,11 +123,12 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 		return ctrl.Result{}, nil
 	}
 
+	// Read-only: the cached objects are not copied.
 	var findings v1alpha1.ThreatFindingList
-	if err := r.List(ctx, &findings); err != nil {
+	if err := r.List(ctx, &findings, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list findings: %w", err)
 	}
-	excluded := excludedNodes(findings.Items, r.locator(ctx), s.now, r.Options.SuspectQuarantine)
+	excluded := excludedNodes(findings.Items, cacheLocator(ctx, r.Client), s.now, r.Options.SuspectQuarantine)
 	if _, ok := excluded[f.Spec.Node]; !ok {
 		excluded[f.Spec.Node] = exclusion{Node: f.Spec.Node, Finding: f.Namespace + "/" + f.Name, Affected: true}
 	}
@@ -419,20 +420,6 @@ func (r *ThreatFindingReconciler) lastMove(ctx context.Context, s *findingScope)
 		}
 	}
 	return last, by, nil
-}
-
-// locator finds VMIs in the cache.
-func (r *ThreatFindingReconciler) locator(ctx context.Context) vmiLocator {
-	return func(namespace, name string, uid types.UID) string {
-		v := &virtv1.VirtualMachineInstance{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, v); err != nil {
-			return ""
-		}
-		if uid != "" && v.UID != uid {
-			return ""
-		}
-		return v.Status.NodeName
-	}
 }
 
 // targetCandidates lists the nodes a migration of vmi could land on: allowed

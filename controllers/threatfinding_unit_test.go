@@ -90,12 +90,6 @@ func (u *unit) reconcile() ctrl.Result {
 	if err != nil {
 		u.t.Fatalf("Reconcile: %v", err)
 	}
-	// The fake client is its own, always current, cache: deliver the
-	// latest version as a watch would.
-	f := &v1alpha1.ThreatFinding{}
-	if err := u.c.Get(context.Background(), u.finding, f); err == nil {
-		u.r.writes.observed(f.UID, f.ResourceVersion)
-	}
 	return res
 }
 
@@ -345,18 +339,20 @@ func TestUnitOwnedMigrationVanishedMidFlight(t *testing.T) {
 
 func TestUnitWaitsForItsOwnWrite(t *testing.T) {
 	u := newUnit(t, nil, nil)
-	if _, err := u.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: u.finding}); err != nil {
-		t.Fatal(err)
+	stale := u.get().ResourceVersion
+	u.reconcile()
+	// A cache still showing the version the write replaced is behind: the
+	// pass waits instead of acting on it.
+	if !u.r.writes.pending(types.UID("f-uid"), stale, u.clock.Now()) {
+		t.Error("the version read before the write does not count as stale")
 	}
-	// The watch has not delivered the status just written: the next pass
-	// waits instead of acting on a cache known to be behind.
-	res, err := u.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: u.finding})
-	if err != nil || res.RequeueAfter != u.r.Options.ConflictRetry {
-		t.Errorf("pass before the watch caught up = %+v, %v; want a short requeue", res, err)
+	if u.r.writes.pending(types.UID("f-uid"), u.get().ResourceVersion, u.clock.Now()) {
+		t.Error("the written version counts as stale")
 	}
 	// A lost event does not stall the finding for long.
+	u.r.writes.expect("f-uid", u.clock.Now(), stale)
 	u.clock.Step(expectationTTL + time.Second)
-	if res := u.reconcile(); res.RequeueAfter == u.r.Options.ConflictRetry {
+	if u.r.writes.pending("f-uid", stale, u.clock.Now()) {
 		t.Errorf("still waiting after the expectation expired")
 	}
 }
