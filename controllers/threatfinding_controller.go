@@ -82,6 +82,10 @@ type findingScope struct {
 	// stale (the one read, and any seen while retrying a conflict).
 	staleVersions []string
 
+	// skipStatus: the pass created a migration and leaves the status to the
+	// next pass.
+	skipStatus bool
+
 	// done stops the remaining steps: the pass reached a decision.
 	done bool
 	// deleted: the pass deleted the finding (retention), nothing to patch.
@@ -123,7 +127,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	// acted on a stale copy fails with a conflict and runs again instead
 	// of overwriting newer status or announcing a transition twice.
 	defer func() {
-		if s.deleted {
+		if s.deleted || s.skipStatus {
 			return
 		}
 		r.summarise(s, retErr == nil)

@@ -93,6 +93,17 @@ func (u *unit) reconcile() ctrl.Result {
 	return res
 }
 
+// settle runs passes until none asks to look again at once: the pass that
+// creates a migration leaves its status to the next one.
+func (u *unit) settle() ctrl.Result {
+	u.t.Helper()
+	res := u.reconcile()
+	for i := 0; i < 5 && res.RequeueAfter == u.r.Options.ConflictRetry; i++ {
+		res = u.reconcile()
+	}
+	return res
+}
+
 func (u *unit) get() *v1alpha1.ThreatFinding {
 	u.t.Helper()
 	f := &v1alpha1.ThreatFinding{}
@@ -152,7 +163,7 @@ func countPrefix(events []string, prefix string) int {
 
 func TestUnitConflictsRetriedWithoutDuplicates(t *testing.T) {
 	var conflicts atomic.Int32
-	conflicts.Store(6) // more than one pass retries by itself
+	conflicts.Store(statusWriteAttempts + 2) // more than one pass retries by itself
 	funcs := &interceptor.Funcs{
 		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
 			if _, ok := obj.(*v1alpha1.ThreatFinding); ok && conflicts.Add(-1) >= 0 {
@@ -162,13 +173,17 @@ func TestUnitConflictsRetriedWithoutDuplicates(t *testing.T) {
 		},
 	}
 	u := newUnit(t, funcs, nil)
-	// Pass 1: creates the migration, but every status write conflicts.
-	res := u.reconcile()
-	if res.RequeueAfter != u.r.Options.ConflictRetry {
-		t.Errorf("after conflicts RequeueAfter = %s, want the conflict retry %s", res.RequeueAfter, u.r.Options.ConflictRetry)
+	// Pass 1 creates the migration and leaves the status to the next pass.
+	if res := u.reconcile(); res.RequeueAfter != u.r.Options.ConflictRetry {
+		t.Errorf("after creating, RequeueAfter = %s, want %s", res.RequeueAfter, u.r.Options.ConflictRetry)
 	}
 	if ms := u.migrations(); len(ms) != 1 {
 		t.Fatalf("%d migrations after pass 1, want 1", len(ms))
+	}
+	// Pass 2 records it, but every status write conflicts.
+	res := u.reconcile()
+	if res.RequeueAfter != u.r.Options.ConflictRetry {
+		t.Errorf("after conflicts RequeueAfter = %s, want the conflict retry %s", res.RequeueAfter, u.r.Options.ConflictRetry)
 	}
 	if f := u.get(); f.Status.Phase != "" {
 		t.Fatalf("status written despite conflicts: %s", f.Status.Phase)
@@ -176,11 +191,11 @@ func TestUnitConflictsRetriedWithoutDuplicates(t *testing.T) {
 	if ev := u.drainEvents(); len(ev) != 0 {
 		t.Errorf("events announced for a status that was not written: %v", ev)
 	}
-	// Pass 2: two more conflicts, retried within the pass on the latest
+	// Pass 3: two more conflicts, retried within the pass on the latest
 	// object; the existing migration is adopted, not duplicated.
 	u.reconcile()
 	if ms := u.migrations(); len(ms) != 1 {
-		t.Fatalf("%d migrations after pass 2, want 1", len(ms))
+		t.Fatalf("%d migrations after pass 3, want 1", len(ms))
 	}
 	f := u.get()
 	if f.Status.Phase != v1alpha1.PhaseMitigating || f.Status.Migration.Attempts != 1 || f.Status.Migration.SourceNode != "a" {
@@ -201,12 +216,12 @@ func TestUnitBackoffDoublesThenGivesUp(t *testing.T) {
 		s.Response.MaxMigrationAttempts = 3
 		s.Response.RetryBackoff = &metav1.Duration{Duration: 30 * time.Second}
 	})
-	u.reconcile()
+	u.settle()
 	name1 := u.get().Status.Migration.Name
 
 	u.clock.Step(5 * time.Second)
 	u.finish(name1, virtv1.MigrationFailed, u.clock.Now(), "no space on target")
-	res := u.reconcile()
+	res := u.settle()
 	f := u.get()
 	if want := t0.Add(35 * time.Second); f.Status.Migration.NextAttemptTime == nil || !f.Status.Migration.NextAttemptTime.Time.Equal(want) {
 		t.Fatalf("nextAttemptTime = %v, want %s", f.Status.Migration.NextAttemptTime, want)
@@ -224,12 +239,12 @@ func TestUnitBackoffDoublesThenGivesUp(t *testing.T) {
 
 	// Too early: nothing happens.
 	u.clock.Step(20 * time.Second)
-	u.reconcile()
+	u.settle()
 	if n := len(u.migrations()); n != 1 {
 		t.Fatalf("%d migrations before the backoff ended, want 1", n)
 	}
 	u.clock.Step(10 * time.Second) // t0+35s
-	u.reconcile()
+	u.settle()
 	f = u.get()
 	if f.Status.Migration.Attempts != 2 || len(u.migrations()) != 2 {
 		t.Fatalf("attempts %d, migrations %d; want 2 and 2", f.Status.Migration.Attempts, len(u.migrations()))
@@ -237,27 +252,27 @@ func TestUnitBackoffDoublesThenGivesUp(t *testing.T) {
 
 	u.clock.Step(5 * time.Second) // t0+40s
 	u.finish(f.Status.Migration.Name, virtv1.MigrationFailed, u.clock.Now(), "again")
-	u.reconcile()
+	u.settle()
 	f = u.get()
 	if want := t0.Add(100 * time.Second); !f.Status.Migration.NextAttemptTime.Time.Equal(want) {
 		t.Errorf("second wait ends %s, want %s (60s: doubled)", f.Status.Migration.NextAttemptTime.Time, want)
 	}
 	u.clock.SetTime(t0.Add(100 * time.Second))
-	u.reconcile()
+	u.settle()
 	f = u.get()
 	u.clock.Step(5 * time.Second)
 	u.finish(f.Status.Migration.Name, virtv1.MigrationFailed, u.clock.Now(), "third time")
-	u.reconcile()
+	u.settle()
 	f = u.get()
 	if f.Status.Phase != v1alpha1.PhaseMitigationFailed || f.Status.Migration.Attempts != 3 || f.Status.ResolvedTime == nil {
 		t.Errorf("phase %s attempts %d resolved %v, want MitigationFailed after 3", f.Status.Phase, f.Status.Migration.Attempts, f.Status.ResolvedTime)
 	}
 	// Resolved: kept for the TTL, then deleted.
-	if res := u.reconcile(); res.RequeueAfter != DefaultFindingTTL {
+	if res := u.settle(); res.RequeueAfter != DefaultFindingTTL {
 		t.Errorf("resolved finding requeues after %s, want the TTL %s", res.RequeueAfter, DefaultFindingTTL)
 	}
 	u.clock.Step(DefaultFindingTTL)
-	u.reconcile()
+	u.settle()
 	if err := u.c.Get(context.Background(), u.finding, &v1alpha1.ThreatFinding{}); !apierrors.IsNotFound(err) {
 		t.Errorf("finding still there after its TTL: %v", err)
 	}
@@ -272,7 +287,7 @@ func TestUnitCooldownWaitsForTheClock(t *testing.T) {
 	earlier.Status.Migration = &v1alpha1.MigrationStatus{Attempts: 1, Result: resultSucceeded,
 		CompletionTime: &metav1.Time{Time: t0.Add(-10 * time.Minute)}}
 	u := newUnit(t, nil, nil, earlier) // default cooldown 30m
-	res := u.reconcile()
+	res := u.settle()
 	f := u.get()
 	if c := meta.FindStatusCondition(f.Status.Conditions, v1alpha1.FindingMigrating); c == nil || c.Reason != v1alpha1.ReasonCooldown {
 		t.Fatalf("Migrating = %+v, want Cooldown", c)
@@ -284,7 +299,7 @@ func TestUnitCooldownWaitsForTheClock(t *testing.T) {
 		t.Errorf("phase %s with %d migrations during the cooldown", f.Status.Phase, len(u.migrations()))
 	}
 	u.clock.Step(20 * time.Minute)
-	u.reconcile()
+	u.settle()
 	if n := len(u.migrations()); n != 1 {
 		t.Errorf("%d migrations after the cooldown, want 1", n)
 	}
@@ -301,7 +316,7 @@ func TestUnitRefusedCreateCountsAsFailedAttempt(t *testing.T) {
 		},
 	}
 	u := newUnit(t, funcs, func(s *v1alpha1.SideChannelPolicySpec) { s.Response.MaxMigrationAttempts = 1 })
-	u.reconcile()
+	u.settle()
 	f := u.get()
 	if f.Status.Phase != v1alpha1.PhaseMitigationFailed || !strings.Contains(f.Status.Migration.LastFailure, "denied the request") {
 		t.Errorf("phase %s, last failure %q; want MitigationFailed naming the refusal", f.Status.Phase, f.Status.Migration.LastFailure)
@@ -310,7 +325,7 @@ func TestUnitRefusedCreateCountsAsFailedAttempt(t *testing.T) {
 
 func TestUnitOwnedMigrationVanishedMidFlight(t *testing.T) {
 	u := newUnit(t, nil, nil)
-	u.reconcile()
+	u.settle()
 	f := u.get()
 	// KubeVirt garbage-collected the migration while the operator was
 	// away, and the VMI now runs on c.
@@ -329,7 +344,7 @@ func TestUnitOwnedMigrationVanishedMidFlight(t *testing.T) {
 	if err := u.c.Update(context.Background(), vmi); err != nil {
 		t.Fatal(err)
 	}
-	u.reconcile()
+	u.settle()
 	f = u.get()
 	if f.Status.Phase != v1alpha1.PhaseMitigated || f.Status.Migration.TargetNode != "c" || f.Status.Migration.Duration != nil {
 		t.Errorf("phase %s target %s duration %v; want Mitigated on c with an unknown duration",
@@ -340,7 +355,7 @@ func TestUnitOwnedMigrationVanishedMidFlight(t *testing.T) {
 func TestUnitWaitsForItsOwnWrite(t *testing.T) {
 	u := newUnit(t, nil, nil)
 	stale := u.get().ResourceVersion
-	u.reconcile()
+	u.settle()
 	// A cache still showing the version the write replaced is behind: the
 	// pass waits instead of acting on it.
 	if !u.r.writes.pending(types.UID("f-uid"), stale, u.clock.Now()) {
@@ -359,7 +374,7 @@ func TestUnitWaitsForItsOwnWrite(t *testing.T) {
 
 func TestUnitMigrationOwnership(t *testing.T) {
 	u := newUnit(t, nil, nil)
-	u.reconcile()
+	u.settle()
 	ms := u.migrations()
 	if len(ms) != 1 {
 		t.Fatalf("%d migrations", len(ms))
@@ -395,14 +410,14 @@ func (e errString) Error() string { return string(e) }
 
 func TestUnitFailureNoticedAfterItsBackoff(t *testing.T) {
 	u := newUnit(t, nil, nil) // backoff 30s
-	u.reconcile()
+	u.settle()
 	first := u.get().Status.Migration.Name
 	u.finish(first, virtv1.MigrationFailed, t0.Add(5*time.Second), "lost the target")
 	u.drainEvents()
 	// The operator was away for a minute: the failure and the next attempt
 	// land in one pass, and the failure is still counted and announced.
 	u.clock.SetTime(t0.Add(time.Minute))
-	u.reconcile()
+	u.settle()
 	f := u.get()
 	if f.Status.Migration.Attempts != 2 || f.Status.Migration.LastFailure != "lost the target" {
 		t.Errorf("migration = %+v, want attempt 2 remembering why attempt 1 failed", f.Status.Migration)
