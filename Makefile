@@ -24,6 +24,7 @@ demo: control-plane ## Run the demo on an embedded local control plane (Ctrl-C s
 .PHONY: test
 test: control-plane lint verify-generated ## Run every test, building the control plane binaries if the cache is empty.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory fuzz-introspect-short
 
 ##@ Build
 
@@ -31,6 +32,7 @@ test: control-plane lint verify-generated ## Run every test, building the contro
 build: ## Build the operator, the agent and the CLI into bin/.
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/manager .
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sidewatch ./cmd/sidewatch
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sidewatch-agent ./daemonset
 
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, etcd and kubectl once into the cache (~/.cache/sidewatch).
@@ -79,6 +81,21 @@ lint: ## gofmt and go vet.
 	@out="$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*'))"; \
 	  if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# Every parser of guest memory has a fuzz target; `make test` runs each for
+# a few seconds, `make fuzz-introspect FUZZTIME=10m` as long as you like.
+INTROSPECT_FUZZ := FuzzBTFFromMemory FuzzKallsyms FuzzPageWalk FuzzTaskList FuzzVMAWalk FuzzELFSymbols FuzzMonitorParse
+FUZZTIME ?= 5m
+
+.PHONY: fuzz-introspect-short
+fuzz-introspect-short: ## Fuzz each guest-memory parser for 3 s (part of make test).
+	$(MAKE) --no-print-directory fuzz-introspect FUZZTIME=3s
+
+.PHONY: fuzz-introspect
+fuzz-introspect: ## Fuzz each guest-memory parser for FUZZTIME (default 5m).
+	for f in $(INTROSPECT_FUZZ); do \
+	  $(GO) test ./node-agent/introspect -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200ms || exit 1; \
+	done
 
 .PHONY: help
 help: ## Show targets.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and kubectl from the Go module proxy into a cache
+# Builds kube-apiserver, etcd, kubectl and kube-controller-manager (for its
+# garbage collector) from the Go module proxy into a cache
 # directory outside the repository, once, and prints the directory (usable as
 # KUBEBUILDER_ASSETS). Later runs find the binaries and return at once.
 #
@@ -14,7 +15,7 @@ CACHE_ROOT="${SIDEWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidewatch}"
 OUT="${CACHE_ROOT}/control-plane/${K8S_VERSION}-etcd${ETCD_VERSION}"
 
 have_all() {
-  [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" && -x "$OUT/kubectl" ]]
+  [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" && -x "$OUT/kubectl" && -x "$OUT/kube-controller-manager" ]]
 }
 
 if have_all; then
@@ -39,8 +40,8 @@ trap 'rm -rf "$work"' EXIT
 # kube-apiserver and kubectl: a wrapper module that requires k8s.io/kubernetes
 # and points each staging module (v0.0.0 in kubernetes' go.mod) at its
 # published release.
-if [[ ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kubectl" ]]; then
-  log "building kube-apiserver and kubectl ${K8S_VERSION} (about 5 minutes the first time)"
+if [[ ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kubectl" || ! -x "$OUT/kube-controller-manager" ]]; then
+  log "building kube-apiserver, kubectl and kube-controller-manager ${K8S_VERSION} (about 7 minutes the first time)"
   modfile="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
   mkdir -p "$work/k8s"
   {
@@ -63,6 +64,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
@@ -75,11 +77,12 @@ GO
   (
     cd "$work/k8s"
     go mod tidy -e >/dev/null 2>&1 || true
-    go build -tags tools -trimpath -ldflags "$ldflags" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-    go build -trimpath -ldflags "$ldflags" -o "$OUT/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+    for cmd in kube-apiserver kubectl kube-controller-manager; do
+      [[ -x "$OUT/$cmd" ]] && continue
+      go build -trimpath -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+      mv "$OUT/$cmd.tmp" "$OUT/$cmd"
+    done
   )
-  mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
-  mv "$OUT/kubectl.tmp" "$OUT/kubectl"
 fi
 
 if [[ ! -x "$OUT/etcd" ]]; then

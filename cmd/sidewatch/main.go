@@ -36,6 +36,7 @@ func newRootCommand() *cobra.Command {
 	})
 	root.AddCommand(newExportCommand())
 	root.AddCommand(newReportCommand())
+	root.AddCommand(newIntrospectCommand())
 	return root
 }
 

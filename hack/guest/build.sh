@@ -7,7 +7,7 @@
 #   libvictim.so    the shared library the victim runs, for ground-truth symbol offsets
 #
 # Usage: build.sh [FLAVOUR]   FLAVOUR: amd64 (default), cloud-amd64 or rt-amd64.
-# Needs Debian packages: busybox-static cpio xz-utils gcc libc6-dev (and apt lists).
+# Needs Debian packages: busybox-static cpio xz-utils lz4 zstd gcc libc6-dev (and apt lists).
 set -euo pipefail
 
 flavour="${1:-${SIDEWATCH_GUEST_FLAVOUR:-amd64}}"
@@ -48,16 +48,25 @@ dpkg -x "$work"/${kpkg}_*.deb "$work/kernel"
 cp "$work"/kernel/boot/vmlinuz-* "$OUT/vmlinuz"
 cp "$work"/kernel/boot/config-* "$OUT/config"
 
-# PVH direct boot needs the uncompressed ELF: find the xz stream in the
-# bzImage and decompress it (what the kernel's scripts/extract-vmlinux does).
-off="$(LC_ALL=C grep -abo $'\xfd7zXZ\x00' "$OUT/vmlinuz" | head -n1 | cut -d: -f1)"
-if [[ -z "$off" ]]; then
-  echo "guest: no xz payload in $OUT/vmlinuz" >&2
-  exit 1
-fi
-tail -c +$((off + 1)) "$OUT/vmlinuz" | xz -dc 2>/dev/null >"$OUT/vmlinux.tmp" || true
-if ! head -c 4 "$OUT/vmlinux.tmp" | grep -q $'\x7fELF'; then
-  echo "guest: extracting vmlinux failed" >&2
+# PVH direct boot needs the uncompressed ELF: find the compressed payload in
+# the bzImage and decompress it (what the kernel's scripts/extract-vmlinux
+# does). Flavours differ: amd64 and rt-amd64 use xz, cloud-amd64 uses lz4.
+extract() { # magic decompressor...
+  local magic="$1" off
+  shift
+  for off in $(LC_ALL=C grep -abo "$magic" "$OUT/vmlinuz" | head -n4 | cut -d: -f1); do
+    tail -c +$((off + 1)) "$OUT/vmlinuz" | "$@" 2>/dev/null >"$OUT/vmlinux.tmp" || true
+    if head -c 4 "$OUT/vmlinux.tmp" | grep -q $'\x7fELF'; then
+      return 0
+    fi
+  done
+  return 1
+}
+if ! extract $'\xfd7zXZ\x00' xz -dc &&
+  ! extract $'\x02\x21\x4c\x18' lz4 -dc &&
+  ! extract $'\x28\xb5\x2f\xfd' zstd -dc &&
+  ! extract $'\x1f\x8b\x08' gzip -dc; then
+  echo "guest: extracting vmlinux from $OUT/vmlinuz failed (xz, lz4, zstd, gzip tried)" >&2
   exit 1
 fi
 mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
@@ -69,6 +78,7 @@ cp /bin/busybox "$root/bin/busybox"
 gcc -O1 -g -fPIC -shared -o "$root/lib/libvictim.so" "$here/src/libvictim.c"
 gcc -O1 -g -o "$root/bin/victim" "$here/src/victim.c" -L"$root/lib" -lvictim
 gcc -O1 -g -static -o "$root/bin/spy" "$here/src/spy.c"
+gcc -O1 -g -o "$root/bin/idler" "$here/src/idler.c" -L"$root/lib" -lvictim
 # The dynamic loader and every library the victim needs, at the paths the
 # loader looks for them.
 for lib in $(LD_LIBRARY_PATH="$root/lib" ldd "$root/bin/victim" | grep -o '/[^ ]*'); do
@@ -78,6 +88,15 @@ for lib in $(LD_LIBRARY_PATH="$root/lib" ldd "$root/bin/victim" | grep -o '/[^ ]
   *) cp -L "$lib" "$root/lib/" ;;
   esac
 done
+# One small kernel module without dependencies, so that tests see module
+# addresses (loaded with numdummies=0: no network device appears).
+mkdir -p "$root/lib/modules"
+dummy="$(find "$work/kernel/lib/modules" -name 'dummy.ko*' | head -n1)"
+case "$dummy" in
+*.ko) cp "$dummy" "$root/lib/modules/dummy.ko" ;;
+*.ko.xz) xz -dc "$dummy" >"$root/lib/modules/dummy.ko" ;;
+*.ko.zst) zstd -qdc "$dummy" >"$root/lib/modules/dummy.ko" ;;
+esac
 cp "$root/lib/libvictim.so" "$OUT/libvictim.so"
 cp "$root/bin/victim" "$OUT/victim"
 install -m 0755 "$here/src/init" "$root/init"

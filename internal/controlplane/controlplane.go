@@ -20,8 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
-// binaries the control plane needs.
-var binaries = []string{"kube-apiserver", "etcd", "kubectl"}
+// binaries the control plane needs; kube-controller-manager runs only its
+// garbage collector, on request (Env.StartGarbageCollector).
+var binaries = []string{"kube-apiserver", "etcd", "kubectl", "kube-controller-manager"}
 
 // RepoRoot is the repository's top directory, found from this source file so
 // that tests started from any package directory agree on it.
@@ -37,9 +38,10 @@ func RepoRoot() (string, error) {
 	return root, nil
 }
 
-// Assets returns a directory holding kube-apiserver, etcd and kubectl. It
+// Assets returns a directory holding kube-apiserver, etcd, kubectl and
+// kube-controller-manager. It
 // honours KUBEBUILDER_ASSETS when that directory has all three; otherwise it
-// runs hack/control-plane.sh, which builds them once (about five minutes on a
+// runs hack/control-plane.sh, which builds them once (about seven minutes on a
 // cold cache) under a file lock, so parallel test packages wait for one build.
 func Assets(ctx context.Context) (string, error) {
 	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" && hasAll(dir) {
@@ -108,6 +110,8 @@ type Env struct {
 	// Assets is the directory holding the binaries (kubectl among them).
 	Assets string
 	env    *envtest.Environment
+	// stops are run by Stop before the control plane goes down.
+	stops []func()
 }
 
 // Options tune Start.
@@ -158,6 +162,10 @@ func (e *Env) Stop() error {
 	if e == nil || e.env == nil {
 		return nil
 	}
+	for _, stop := range e.stops {
+		stop()
+	}
+	e.stops = nil
 	return e.env.Stop()
 }
 

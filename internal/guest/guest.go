@@ -104,7 +104,9 @@ type Config struct {
 	// CPUs is the vCPU count (default 2).
 	CPUs int
 	// Role selects the guest's workload: "idle" (default), "attacker"
-	// (a cache-thrashing spy), "busy" (a shell spin loop).
+	// (a cache-thrashing spy), "busy" (a shell spin loop), "churn" (a
+	// shell loop starting short-lived processes), "crowd" (200 sleeping
+	// dynamically linked processes).
 	Role string
 	// ExtraArgs are appended to QEMU's command line.
 	ExtraArgs []string
@@ -338,6 +340,12 @@ func (g *Guest) VCPUThreads() (map[int]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// ParseGroundTruth reads the ground truth from a saved console log (what
+// Guest.Console returned), e.g. kept next to a memory snapshot.
+func ParseGroundTruth(console string) (GroundTruth, error) {
+	return parseGroundTruth(console)
 }
 
 func parseGroundTruth(console string) (GroundTruth, error) {
