@@ -99,15 +99,19 @@ func TestPolicyStatusFromHeartbeats(t *testing.T) {
 	if ready == nil || ready.Status != metav1.ConditionFalse || ready.Reason != v1alpha1.ReasonSomeNodesUnmonitored {
 		t.Errorf("Ready = %+v, want False SomeNodesUnmonitored", ready)
 	}
-	// The same verdicts are served as a metric for alerting.
-	for node, reason := range want {
-		if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": node, "reason": reason}); got != 1 {
-			t.Errorf("sidewatch_node_unmonitored{node=%q,reason=%q} = %v, want 1", node, reason, got)
+	// The same verdicts are served as a metric for alerting (read from the
+	// operator's cache, which may be a moment behind what we just read).
+	eventually(t, 5*time.Second, "sidewatch_node_unmonitored", func() error {
+		for node, reason := range want {
+			if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": node, "reason": reason}); got != 1 {
+				return fmt.Errorf("sidewatch_node_unmonitored{node=%q,reason=%q} = %v, want 1", node, reason, got)
+			}
 		}
-	}
-	if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": w.node("a")}); got != 0 {
-		t.Errorf("monitored node a has sidewatch_node_unmonitored %v", got)
-	}
+		if got := op.metric(t, "sidewatch_node_unmonitored", map[string]string{"node": w.node("a")}); got != 0 {
+			return fmt.Errorf("monitored node a has sidewatch_node_unmonitored %v", got)
+		}
+		return nil
+	})
 	for _, u := range p.Status.UnmonitoredNodes {
 		if u.Node == w.node("d") && u.Message != "node d: KVM passes the PMU to guests; the host cannot count guest events" {
 			t.Errorf("node d message = %q, want the agent's own", u.Message)
