@@ -99,20 +99,24 @@ func TestHappyPath(t *testing.T) {
 	w.waitEvents("ThreatFinding", "covert", EventThreatDetected, EventMigrationStarted, EventMigrationSucceeded)
 	w.waitEvents("VirtualMachineInstance", "payments-db", EventThreatDetected, EventMigrationStarted, EventMigrationSucceeded)
 
-	for name, want := range map[string]float64{
-		"sidewatch_migrations_started_total":     1,
-		"sidewatch_migrations_succeeded_total":   1,
-		"sidewatch_migrations_failed_total":      0,
-		"sidewatch_migration_duration_seconds":   1,
-		"sidewatch_finding_to_migration_seconds": 1,
-	} {
-		if got := op.metric(t, name, nil); got != want {
-			t.Errorf("%s = %v, want %v", name, got, want)
+	// Counters move just after the status write; gauges read the cache.
+	eventually(t, 5*time.Second, "metrics", func() error {
+		for name, want := range map[string]float64{
+			"sidewatch_migrations_started_total":     1,
+			"sidewatch_migrations_succeeded_total":   1,
+			"sidewatch_migrations_failed_total":      0,
+			"sidewatch_migration_duration_seconds":   1,
+			"sidewatch_finding_to_migration_seconds": 1,
+		} {
+			if got := op.metric(t, name, nil); got != want {
+				return fmt.Errorf("%s = %v, want %v", name, got, want)
+			}
 		}
-	}
-	if got := op.metric(t, "sidewatch_findings", map[string]string{"type": "CacheCovertChannel", "severity": "High", "phase": "Mitigated"}); got < 1 {
-		t.Errorf("sidewatch_findings{phase=Mitigated} = %v, want at least 1", got)
-	}
+		if got := op.metric(t, "sidewatch_findings", map[string]string{"type": "CacheCovertChannel", "severity": "High", "phase": "Mitigated"}); got < 1 {
+			return fmt.Errorf("sidewatch_findings{phase=Mitigated} = %v, want at least 1", got)
+		}
+		return nil
+	})
 
 	// Labels stay while a Migrate policy exists; without one, and with no
 	// migration work left, they go away.
@@ -428,9 +432,12 @@ func TestConcurrencyCap(t *testing.T) {
 	if throttled < 10 {
 		t.Errorf("%d of 20 findings were told they wait for a slot, want most of them", throttled)
 	}
-	if got := op.metric(t, "sidewatch_migrations_started_total", nil); got != 20 {
-		t.Errorf("started = %v, want 20 (one per finding)", got)
-	}
+	eventually(t, 5*time.Second, "started counter", func() error {
+		if got := op.metric(t, "sidewatch_migrations_started_total", nil); got != 20 {
+			return fmt.Errorf("started = %v, want 20 (one per finding)", got)
+		}
+		return nil
+	})
 	for i := range 20 {
 		if ms := w.migrationsOf(fmt.Sprintf("vm-%02d", i)); len(ms) != 1 {
 			t.Errorf("vm-%02d: %d migrations, want 1", i, len(ms))
