@@ -50,9 +50,10 @@ generate-bpf: ## Rebuild kernel/*.bpf.c into committed Go and .o files (needs cl
 	  sha256sum gen.go *.bpf.c include/*.h; } > bpf.sum
 
 .PHONY: manifests
-manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/).
+manifests: ## Generate the sidewatch CRDs into config/crd/bases (and the Helm chart's crds/) and the operator's RBAC into config/rbac.
 	$(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config=config/crd/bases
 	cp config/crd/bases/*.yaml charts/sidewatch/crds/
+	$(CONTROLLER_GEN) rbac:roleName=sidewatch-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac
 	$(GO) run ./hack/prometheusrule config/monitoring/sidewatch.rules.yaml config/monitoring/prometheusrule.yaml
 	cp config/monitoring/sidewatch.rules.yaml config/monitoring/grafana-dashboard.json charts/sidewatch/files/
 
@@ -67,7 +68,9 @@ verify-generated: ## Fail when generated code or CRDs are stale.
 	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	  $(CONTROLLER_GEN) crd:allowDangerousTypes=true paths=./api/... output:crd:artifacts:config="$$tmp/crd"; \
 	  $(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/... output:object:dir="$$tmp/object"; \
+	  $(CONTROLLER_GEN) rbac:roleName=sidewatch-operator paths=./controllers/... output:rbac:artifacts:config="$$tmp/rbac"; \
 	  diff -r "$$tmp/crd" config/crd/bases || { echo "config/crd/bases is stale: run make generate"; exit 1; }; \
+	  diff "$$tmp/rbac/role.yaml" config/rbac/role.yaml || { echo "config/rbac/role.yaml is stale: run make generate"; exit 1; }; \
 	  diff "$$tmp/object/zz_generated.deepcopy.go" api/v1alpha1/zz_generated.deepcopy.go || { echo "deepcopy is stale: run make generate"; exit 1; }
 
 ##@ Check

@@ -45,6 +45,9 @@ func main() {
 		findingWorkers    int
 		qps               float64
 		burst             int
+		pprofAddr         string
+		eventQPS          float64
+		eventBurst        int
 	)
 	defaultNS := os.Getenv("POD_NAMESPACE")
 	if defaultNS == "" {
@@ -58,8 +61,11 @@ func main() {
 	flag.DurationVar(&findingTTL, "finding-ttl", controllers.DefaultFindingTTL, "how long a resolved ThreatFinding is kept before it is deleted; unresolved findings are never deleted")
 	flag.DurationVar(&suspectQuarantine, "suspect-quarantine", controllers.DefaultSuspectQuarantine, "how long after a finding resolves the nodes its suspects run on stay excluded as migration targets; 0 turns this off")
 	flag.IntVar(&findingWorkers, "finding-workers", controllers.DefaultFindingWorkers, "how many ThreatFindings are reconciled at once")
-	flag.Float64Var(&qps, "kube-api-qps", 100, "queries per second the operator may send to the API server")
-	flag.IntVar(&burst, "kube-api-burst", 200, "burst of queries above --kube-api-qps")
+	flag.Float64Var(&qps, "kube-api-qps", 200, "queries per second the operator may send to the API server (KubeVirt's virt-controller uses the same)")
+	flag.IntVar(&burst, "kube-api-burst", 400, "burst of queries above --kube-api-qps")
+	flag.Float64Var(&eventQPS, "events-qps", controllers.DefaultEventQPS, "queries per second for writing Events, apart from --kube-api-qps so that a burst of Events never delays a migration")
+	flag.IntVar(&eventBurst, "events-burst", controllers.DefaultEventBurst, "burst of Event writes above --events-qps")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "address a net/http/pprof endpoint binds to, for profiling; 0 (the default) disables it")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -84,6 +90,7 @@ func main() {
 		Scheme:                  newScheme(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "sidewatch-operator.sidewatch.io",
 		LeaderElectionNamespace: leaderElectNS,
@@ -102,6 +109,8 @@ func main() {
 		FindingTTL:        findingTTL,
 		SuspectQuarantine: suspectQuarantine,
 		FindingWorkers:    findingWorkers,
+		EventQPS:          float32(eventQPS),
+		EventBurst:        eventBurst,
 	}); err != nil {
 		log.Error(err, "unable to set up controllers")
 		os.Exit(1)

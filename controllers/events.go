@@ -65,13 +65,18 @@ func notices(before, after *v1alpha1.ThreatFinding) []notice {
 		out = append(out, notice{corev1.EventTypeNormal, EventMigrationSucceeded, "Migrate", fmt.Sprintf(
 			"migration %s moved VMI %s from node %s to node %s in %s", am.Name, after.Spec.Victim.Name, am.SourceNode, am.TargetNode, d)})
 	}
-	if resultChanged && am.Result == resultFailed {
-		next := "no attempts left"
-		if am.NextAttemptTime != nil {
+	if failedAttempts(am) > failedAttempts(bm) {
+		// Usually the current attempt failed; when the pass also started the
+		// next one at once (its backoff had passed), the previous did.
+		attempt, next := am.Attempts, "no attempts left"
+		switch {
+		case am.Result != resultFailed:
+			attempt, next = am.Attempts-1, fmt.Sprintf("attempt %d started", am.Attempts)
+		case am.NextAttemptTime != nil:
 			next = "next attempt at " + am.NextAttemptTime.UTC().Format(time.RFC3339)
 		}
 		out = append(out, notice{corev1.EventTypeWarning, EventMigrationFailed, "Migrate", fmt.Sprintf(
-			"attempt %d (migration %s) failed: %s; %s", am.Attempts, am.Name, am.LastFailure, next)})
+			"attempt %d failed: %s; %s", attempt, am.LastFailure, next)})
 	}
 	if c := meta.FindStatusCondition(a.Conditions, v1alpha1.FindingMigrating); c != nil && waitReasons[c.Reason] {
 		if old := meta.FindStatusCondition(b.Conditions, v1alpha1.FindingMigrating); old == nil || old.Reason != c.Reason {
@@ -113,6 +118,20 @@ func suppressedReason(st v1alpha1.ThreatFindingStatus) string {
 	return string(v1alpha1.PhaseSuppressed)
 }
 
+// failedAttempts counts the attempts a migration record shows as failed:
+// a new attempt starts only after the previous one failed, so all but the
+// last did, and the last too when its result says so.
+func failedAttempts(m v1alpha1.MigrationStatus) int {
+	if m.Attempts <= 0 {
+		return 0
+	}
+	n := int(m.Attempts) - 1
+	if m.Result == resultFailed {
+		n++
+	}
+	return n
+}
+
 func migrationOf(st v1alpha1.ThreatFindingStatus) v1alpha1.MigrationStatus {
 	if st.Migration == nil {
 		return v1alpha1.MigrationStatus{}
@@ -140,7 +159,7 @@ func (r *ThreatFindingReconciler) announce(ctx context.Context, s *findingScope)
 		vmi = s.vmi
 	}
 	for _, n := range notices(s.before, f) {
-		log.Info(n.Note, "event", n.Reason)
+		log.Info("recorded event", "reason", n.Reason, "note", n.Note)
 		if r.Recorder == nil {
 			continue
 		}
@@ -166,14 +185,13 @@ func (r *ThreatFindingReconciler) observe(s *findingScope) {
 			r.seen.forget(f.UID)
 		}
 	}
-	resultChanged := am.Result != bm.Result || am.Attempts != bm.Attempts
-	switch {
-	case resultChanged && am.Result == resultSucceeded:
+	if resultChanged := am.Result != bm.Result || am.Attempts != bm.Attempts; resultChanged && am.Result == resultSucceeded {
 		r.Metrics.MigrationsSucceeded.Inc()
 		if am.Duration != nil {
 			r.Metrics.MigrationDuration.Observe(am.Duration.Seconds())
 		}
-	case resultChanged && am.Result == resultFailed:
-		r.Metrics.MigrationsFailed.Inc()
+	}
+	if n := failedAttempts(am) - failedAttempts(bm); n > 0 {
+		r.Metrics.MigrationsFailed.Add(float64(n))
 	}
 }

@@ -1,12 +1,15 @@
 package controllers
 
 import (
+	"context"
 	"sort"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	virtv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 )
@@ -14,6 +17,31 @@ import (
 // vmiLocator says on which node a VMI runs now, "" when it does not exist
 // (or exists with another uid than the one given, when one is given).
 type vmiLocator func(namespace, name string, uid types.UID) string
+
+// cacheLocator locates VMIs through the cache. It reads each namespace the
+// suspects live in once, without copying the cached objects (it only reads
+// them), so one pass over many findings stays cheap.
+func cacheLocator(ctx context.Context, c client.Reader) vmiLocator {
+	byNamespace := map[string]map[string]*virtv1.VirtualMachineInstance{}
+	return func(namespace, name string, uid types.UID) string {
+		vmis, ok := byNamespace[namespace]
+		if !ok {
+			vmis = map[string]*virtv1.VirtualMachineInstance{}
+			var list virtv1.VirtualMachineInstanceList
+			if err := c.List(ctx, &list, client.InNamespace(namespace), client.UnsafeDisableDeepCopy); err == nil {
+				for i := range list.Items {
+					vmis[list.Items[i].Name] = &list.Items[i]
+				}
+			}
+			byNamespace[namespace] = vmis
+		}
+		v := vmis[name]
+		if v == nil || (uid != "" && v.UID != uid) {
+			return ""
+		}
+		return v.Status.NodeName
+	}
+}
 
 // exclusion is why a node may not receive a victim.
 type exclusion struct {
@@ -102,13 +130,22 @@ func nextQuarantineEnd(findings []v1alpha1.ThreatFinding, now time.Time, quarant
 	return next
 }
 
-// sortedNodes returns the excluded node names in order.
+// maxRecordedExclusions bounds status.migration.excludedNodes, so that a
+// cluster under a storm of findings cannot grow a finding past what etcd
+// stores.
+const maxRecordedExclusions = 256
+
+// sortedNodes returns the excluded node names in order, at most
+// maxRecordedExclusions of them.
 func sortedNodes(ex map[string]exclusion) []string {
 	out := make([]string, 0, len(ex))
 	for n := range ex {
 		out = append(out, n)
 	}
 	sort.Strings(out)
+	if len(out) > maxRecordedExclusions {
+		out = out[:maxRecordedExclusions]
+	}
 	return out
 }
 

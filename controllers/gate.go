@@ -43,12 +43,18 @@ type gateVerdict struct {
 }
 
 // Reserve admits the migration name of victim when fewer than limit
-// sidewatch migrations are in flight and none moves the victim. inflight
-// lists the unfinished sidewatch migrations the cache shows (any
-// namespace).
-func (g *migrationGate) Reserve(now time.Time, name, victim, finding string, limit int, inflight []virtv1.VirtualMachineInstanceMigration) gateVerdict {
+// sidewatch migrations are in flight and none moves the victim. list
+// returns the unfinished sidewatch migrations the cache shows (any
+// namespace); it is called under the gate's lock, so that no migration can
+// slip between the list and the reservations (its reservation forgotten by
+// Observed after this list was taken).
+func (g *migrationGate) Reserve(now time.Time, name, victim, finding string, limit int, list func() ([]virtv1.VirtualMachineInstanceMigration, error)) (gateVerdict, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	inflight, err := list()
+	if err != nil {
+		return gateVerdict{}, err
+	}
 	seen := map[string]bool{}
 	v := gateVerdict{}
 	for i := range inflight {
@@ -78,12 +84,16 @@ func (g *migrationGate) Reserve(now time.Time, name, victim, finding string, lim
 		}
 	}
 	if v.Busy != "" || v.InFlight >= limit {
-		return v
+		return v, nil
 	}
 	g.reserved[name] = reservation{victim: victim, finding: finding, at: now}
 	v.OK = true
-	return v
+	return v, nil
 }
+
+// Observed forgets the reservation of a migration the cache now shows
+// (KubeVirt's CreationObserved).
+func (g *migrationGate) Observed(name string) { g.Release(name) }
 
 // Release forgets a reservation whose create failed.
 func (g *migrationGate) Release(name string) {

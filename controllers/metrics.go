@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,9 @@ func NewMetrics(reader client.Reader) *Metrics {
 				"ThreatFindings by type, severity and phase.", []string{"type", "severity", "phase"}, nil),
 			inFlight: prometheus.NewDesc("sidewatch_migrations_in_flight",
 				"Sidewatch migrations not yet finished, across the cluster.", nil, nil),
+			unmonitored: prometheus.NewDesc("sidewatch_node_unmonitored",
+				"1 for each node hosting VMIs a policy selects that its agent cannot watch, with the reason (from the policies' status).",
+				[]string{"node", "reason"}, nil),
 			scrapeErrors: prometheus.NewDesc("sidewatch_metrics_scrape_errors",
 				"1 when the last scrape could not read the cache, else 0.", nil, nil),
 		},
@@ -83,13 +87,14 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 
 // stateCollector computes gauges from the cache at scrape time.
 type stateCollector struct {
-	reader                           client.Reader
-	findings, inFlight, scrapeErrors *prometheus.Desc
+	reader                                        client.Reader
+	findings, inFlight, unmonitored, scrapeErrors *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.findings
 	ch <- c.inFlight
+	ch <- c.unmonitored
 	ch <- c.scrapeErrors
 }
 
@@ -117,7 +122,32 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(n))
 	}
+	var policies v1alpha1.SideChannelPolicyList
+	if err := c.reader.List(ctx, &policies); err != nil {
+		failed = 1
+	} else {
+		for node, reason := range unmonitoredNodes(policies.Items) {
+			ch <- prometheus.MustNewConstMetric(c.unmonitored, prometheus.GaugeValue, 1, node, reason)
+		}
+	}
 	ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.GaugeValue, failed)
+}
+
+// unmonitoredNodes merges the policies' unmonitored nodes: node -> reason.
+// Policies read the same heartbeats, so they agree unless one status is a
+// moment older; the policy whose name sorts first then wins.
+func unmonitoredNodes(policies []v1alpha1.SideChannelPolicy) map[string]string {
+	sorted := append([]v1alpha1.SideChannelPolicy(nil), policies...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	out := map[string]string{}
+	for _, p := range sorted {
+		for _, u := range p.Status.UnmonitoredNodes {
+			if _, ok := out[u.Node]; !ok {
+				out[u.Node] = u.Reason
+			}
+		}
+	}
+	return out
 }
 
 type findingKey struct{ typ, severity, phase string }

@@ -24,35 +24,56 @@ import (
 var migrationTargetsKey = types.NamespacedName{Name: "migration-targets"}
 
 // MigrationTargetReconciler keeps the migration-target labels on the nodes
-// current while sidewatch has migration work (new nodes get labelled, nodes
-// whose findings resolved become allowed again, quarantines end), and
-// removes them from every node once there is none.
+// current while sidewatch may migrate (new nodes get labelled, nodes whose
+// findings resolved become allowed again, quarantines end), and removes
+// them from every node once it may not.
 //
-// Sidewatch has migration work while a sidewatch migration is unfinished,
-// while an unresolved finding may still lead to one (its action is Migrate
-// or not yet decided), or within LabelGrace of the last labelling.
+// Sidewatch may migrate while a SideChannelPolicy with action Migrate
+// exists, a sidewatch migration is unfinished, or an unresolved finding may
+// still lead to one (its action is Migrate or not yet decided). Keeping the
+// labels in place whenever a Migrate policy exists means that when an attack
+// comes, only the nodes whose verdict changes are written before the
+// victim's migration is created, not every node of the cluster. Labels are
+// removed LabelGrace after the last labelling at the earliest.
 type MigrationTargetReconciler struct {
 	client.Client
 	Labeler *TargetLabeler
 	Options Options
+
+	// lastRun spaces the passes: every finding event triggers this
+	// reconciler, and during a burst of findings one pass every
+	// minLabelInterval is plenty (a finding that is about to migrate labels
+	// the nodes itself). One worker runs it, so no lock is needed.
+	lastRun time.Time
 }
+
+// minLabelInterval is the least time between two passes of the
+// MigrationTargetReconciler.
+const minLabelInterval = 250 * time.Millisecond
 
 // Reconcile labels every node, or removes the labels.
 func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Request) (ctrl.Result, error) {
 	log := logf.FromContext(ctx)
 	now := r.Options.Clock.Now()
+	// Read-only lists: the cached objects are not copied.
 	var findings v1alpha1.ThreatFindingList
-	if err := r.List(ctx, &findings); err != nil {
+	if err := r.List(ctx, &findings, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list findings: %w", err)
 	}
 	var migrations virtv1.VirtualMachineInstanceMigrationList
-	if err := r.List(ctx, &migrations, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
+	if err := r.List(ctx, &migrations, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list sidewatch migrations: %w", err)
 	}
-	work, why := hasMigrationWork(findings.Items, migrations.Items)
+	var policies v1alpha1.SideChannelPolicyList
+	if err := r.List(ctx, &policies, client.UnsafeDisableDeepCopy); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list policies: %w", err)
+	}
+	work, why := hasMigrationWork(policies.Items, findings.Items, migrations.Items)
 	graceEnd := r.Labeler.LastEnsure().Add(r.Options.LabelGrace)
 	if !work && now.Before(graceEnd) {
-		work, why = true, "labels were used moments ago"
+		// A migration may be about to be created with these labels and not
+		// be in the cache yet: leave them a little longer.
+		return ctrl.Result{RequeueAfter: graceEnd.Sub(now) + time.Millisecond}, nil
 	}
 	if !work {
 		if err := r.Labeler.Cleanup(ctx); err != nil {
@@ -61,17 +82,7 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 		log.V(1).Info("no migration work: migration-target labels removed")
 		return ctrl.Result{}, nil
 	}
-	locate := func(namespace, name string, uid types.UID) string {
-		v := &virtv1.VirtualMachineInstance{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, v); err != nil {
-			return ""
-		}
-		if uid != "" && v.UID != uid {
-			return ""
-		}
-		return v.Status.NodeName
-	}
-	excluded := excludedNodes(findings.Items, locate, now, r.Options.SuspectQuarantine)
+	excluded := excludedNodes(findings.Items, cacheLocator(ctx, r.Client), now, r.Options.SuspectQuarantine)
 	if _, err := r.Labeler.Ensure(ctx, excluded); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -83,15 +94,17 @@ func (r *MigrationTargetReconciler) Reconcile(ctx context.Context, _ ctrl.Reques
 	if end := nextQuarantineEnd(findings.Items, now, r.Options.SuspectQuarantine); !end.IsZero() {
 		res = lowestRequeue(res, ctrl.Result{RequeueAfter: end.Sub(now) + time.Millisecond})
 	}
-	if now.Before(graceEnd) {
-		res = lowestRequeue(res, ctrl.Result{RequeueAfter: graceEnd.Sub(now) + time.Millisecond})
-	}
 	return res, nil
 }
 
 // hasMigrationWork reports whether sidewatch may still create or follow a
 // migration, and why.
-func hasMigrationWork(findings []v1alpha1.ThreatFinding, migrations []virtv1.VirtualMachineInstanceMigration) (bool, string) {
+func hasMigrationWork(policies []v1alpha1.SideChannelPolicy, findings []v1alpha1.ThreatFinding, migrations []virtv1.VirtualMachineInstanceMigration) (bool, string) {
+	for i := range policies {
+		if p := &policies[i]; p.DeletionTimestamp == nil && p.Spec.Response.Action == v1alpha1.ActionMigrate {
+			return true, "policy " + p.Name + " may migrate"
+		}
+	}
 	for i := range migrations {
 		if !migrations[i].IsFinal() {
 			return true, "migration " + migrations[i].Namespace + "/" + migrations[i].Name + " is in flight"
@@ -129,6 +142,7 @@ func (r *MigrationTargetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("migrationtargets").
 		Watches(&corev1.Node{}, one, builder.WithPredicates(nodeChange)).
 		Watches(&v1alpha1.ThreatFinding{}, one).
+		Watches(&v1alpha1.SideChannelPolicy{}, one, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&virtv1.VirtualMachineInstanceMigration{}, one, builder.WithPredicates(sidewatchMigration)).
 		Complete(r)
 }

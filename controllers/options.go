@@ -16,11 +16,13 @@ const (
 	DefaultNamespace         = "sidewatch-system"
 	DefaultFindingTTL        = 7 * 24 * time.Hour
 	DefaultSuspectQuarantine = time.Hour
-	DefaultFindingWorkers    = 8
+	DefaultFindingWorkers    = 16
 	DefaultWaitRequeue       = 10 * time.Second
 	DefaultFollowRequeue     = time.Minute
 	DefaultConflictRetry     = 200 * time.Millisecond
 	DefaultLabelGrace        = time.Minute
+	DefaultEventQPS          = 50
+	DefaultEventBurst        = 100
 )
 
 // Options configure the reconcilers. The zero value of every field means
@@ -51,6 +53,10 @@ type Options struct {
 	// LabelGrace keeps the migration-target labels this long after their
 	// last use before an idle operator removes them.
 	LabelGrace time.Duration
+	// EventQPS and EventBurst limit the client that writes Events, apart
+	// from the one that writes migrations and status.
+	EventQPS   float32
+	EventBurst int
 	// Clock is the time source; nil is the real clock.
 	Clock clock.Clock
 	// Registerer receives the metrics; nil is controller-runtime's
@@ -84,6 +90,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.LabelGrace <= 0 {
 		o.LabelGrace = DefaultLabelGrace
+	}
+	if o.EventQPS <= 0 {
+		o.EventQPS = DefaultEventQPS
+	}
+	if o.EventBurst <= 0 {
+		o.EventBurst = DefaultEventBurst
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}

@@ -2,8 +2,11 @@ package controllers
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -425,6 +428,11 @@ func TestNotices(t *testing.T) {
 		setActionable(f, true, v1alpha1.ReasonPolicyMatched, "p")
 		setMitigated(f, true, v1alpha1.ReasonAlertOnly, "only alerts")
 	})
+	retriedAtOnce := with(func(f *v1alpha1.ThreatFinding) {
+		setActionable(f, true, v1alpha1.ReasonPolicyMatched, "p")
+		setMigrating(f, true, v1alpha1.ReasonMigrationInProgress, "moving")
+		f.Status.Migration = &v1alpha1.MigrationStatus{Attempts: 2, Name: "m2", SourceNode: "n1", LastFailure: "boom"}
+	})
 	reasons := func(ns []notice) string {
 		var s []string
 		for _, n := range ns {
@@ -445,6 +453,8 @@ func TestNotices(t *testing.T) {
 		{"succeeded", started, succeeded, "MigrationSucceeded"},
 		{"last attempt failed", started, exhausted, "MigrationFailed MitigationFailed"},
 		{"alert only", base, alert, "ThreatDetected MigrationSkipped"},
+		{"a failure noticed after its backoff: failed and restarted in one pass", started, retriedAtOnce, "MigrationStarted MigrationFailed"},
+		{"retry after a scheduled wait", failedOnce, retriedAtOnce, "MigrationStarted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := reasons(notices(tc.before, tc.after)); got != tc.want {
@@ -455,7 +465,7 @@ func TestNotices(t *testing.T) {
 }
 
 func TestGate(t *testing.T) {
-	inflight := func(names ...string) []virtv1.VirtualMachineInstanceMigration {
+	inflight := func(names ...string) func() ([]virtv1.VirtualMachineInstanceMigration, error) {
 		var out []virtv1.VirtualMachineInstanceMigration
 		for _, n := range names {
 			ns, rest, _ := strings.Cut(n, "/")
@@ -464,30 +474,30 @@ func TestGate(t *testing.T) {
 			m.Spec.VMIName = vmi
 			out = append(out, m)
 		}
-		return out
+		return func() ([]virtv1.VirtualMachineInstanceMigration, error) { return out, nil }
 	}
 	g := newMigrationGate()
-	if v := g.Reserve(t0, "a/m1", "a/vm1", "f1", 2, inflight("b/x@vmx")); !v.OK || v.InFlight != 1 {
+	if v, _ := g.Reserve(t0, "a/m1", "a/vm1", "f1", 2, inflight("b/x@vmx")); !v.OK || v.InFlight != 1 {
 		t.Fatalf("first reserve = %+v, want OK with 1 in flight", v)
 	}
 	// The reservation counts until the cache shows the object.
-	if v := g.Reserve(t0, "a/m2", "a/vm2", "f2", 2, inflight("b/x@vmx")); v.OK || v.InFlight != 2 {
+	if v, _ := g.Reserve(t0, "a/m2", "a/vm2", "f2", 2, inflight("b/x@vmx")); v.OK || v.InFlight != 2 {
 		t.Errorf("reserve at the cap = %+v, want refused with 2 in flight", v)
 	}
 	// The same victim is busy even below the cap.
-	if v := g.Reserve(t0, "a/m3", "a/vm1", "f3", 10, nil); v.OK || v.Busy != "a/m1" {
+	if v, _ := g.Reserve(t0, "a/m3", "a/vm1", "f3", 10, inflight()); v.OK || v.Busy != "a/m1" {
 		t.Errorf("second migration of one VMI = %+v, want busy with a/m1", v)
 	}
 	if m, f := g.ReservedFor("a/vm1", "", t0); m != "a/m1" || f != "f1" {
 		t.Errorf("ReservedFor = %s %s, want a/m1 f1", m, f)
 	}
 	// Once the cache shows it, the object counts, not the reservation.
-	if v := g.Reserve(t0, "a/m4", "a/vm4", "f4", 3, inflight("b/x@vmx", "a/m1@vm1")); !v.OK || v.InFlight != 2 {
+	if v, _ := g.Reserve(t0, "a/m4", "a/vm4", "f4", 3, inflight("b/x@vmx", "a/m1@vm1")); !v.OK || v.InFlight != 2 {
 		t.Errorf("reserve = %+v, want OK with 2 in flight (no double count)", v)
 	}
 	g.Release("a/m4")
 	// Reservations expire.
-	if v := g.Reserve(t0.Add(2*reservationTTL), "a/m5", "a/vm5", "f5", 1, nil); !v.OK {
+	if v, _ := g.Reserve(t0.Add(2*reservationTTL), "a/m5", "a/vm5", "f5", 1, inflight()); !v.OK {
 		t.Errorf("after the TTL = %+v, want OK", v)
 	}
 }
@@ -564,5 +574,74 @@ func TestReadyCondition(t *testing.T) {
 	c := readyCondition(1, selection{Selected: 1, Nodes: []string{"b"}}, nodeReport{Unmonitored: []v1alpha1.UnmonitoredNode{{Node: "b", Reason: "NoAgent"}}})
 	if !strings.Contains(c.Message, "b (NoAgent)") {
 		t.Errorf("message %q does not name the node and reason", c.Message)
+	}
+}
+
+// TestGateCapUnderConcurrency hammers the gate from many goroutines with a
+// cache that shows a migration only some time after its create, the way an
+// informer does, and checks that the cap holds at every moment.
+func TestGateCapUnderConcurrency(t *testing.T) {
+	const limit = 2
+	var (
+		mu      sync.Mutex
+		cache   = map[string]bool{} // name -> unfinished
+		created = map[string]bool{}
+		maxSeen int
+	)
+	g := newMigrationGate()
+	list := func() ([]virtv1.VirtualMachineInstanceMigration, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []virtv1.VirtualMachineInstanceMigration
+		for name, running := range cache {
+			if running {
+				out = append(out, virtv1.VirtualMachineInstanceMigration{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}})
+			}
+		}
+		return out, nil
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				name := fmt.Sprintf("m-%d-%d", w, i)
+				v, _ := g.Reserve(time.Now(), "ns/"+name, fmt.Sprintf("ns/vm-%d-%d", w, i), "f", limit, list)
+				if !v.OK {
+					time.Sleep(50 * time.Microsecond) // requeue
+					continue
+				}
+				mu.Lock()
+				created[name] = true
+				running := 0
+				for n := range created {
+					if _, inCache := cache[n]; !inCache || cache[n] {
+						running++
+					}
+				}
+				maxSeen = max(maxSeen, running)
+				mu.Unlock()
+				// The informer delivers the object a moment later.
+				go func() {
+					time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+					mu.Lock()
+					cache[name] = true
+					mu.Unlock()
+					g.Observed("ns/" + name)
+					time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+					mu.Lock()
+					cache[name] = false // finished
+					mu.Unlock()
+				}()
+			}
+		}()
+	}
+	wg.Wait()
+	if maxSeen > limit {
+		t.Errorf("%d migrations in flight at once, cap %d", maxSeen, limit)
+	}
+	if len(created) < 50 {
+		t.Errorf("only %d migrations admitted: the gate starves", len(created))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,8 +49,9 @@ type ThreatFindingReconciler struct {
 	Labeler   *TargetLabeler
 	Options   Options
 
-	gate *migrationGate
-	seen *firstSeen
+	gate   *migrationGate
+	seen   *firstSeen
+	writes *writeExpectations
 }
 
 // +kubebuilder:rbac:groups=sidewatch.io,resources=threatfindings,verbs=get;list;watch;delete
@@ -76,6 +78,14 @@ type findingScope struct {
 	// migrations are this finding's own migrations, by attempt.
 	migrations []*virtv1.VirtualMachineInstanceMigration
 
+	// staleVersions are the resourceVersions the pass's status write made
+	// stale (the one read, and any seen while retrying a conflict).
+	staleVersions []string
+
+	// skipStatus: the pass created a migration and leaves the status to the
+	// next pass.
+	skipStatus bool
+
 	// done stops the remaining steps: the pass reached a decision.
 	done bool
 	// deleted: the pass deleted the finding (retention), nothing to patch.
@@ -101,9 +111,15 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	}
 	if f.DeletionTimestamp != nil {
 		r.seen.forget(f.UID)
+		r.writes.forget(f.UID)
 		return ctrl.Result{}, nil
 	}
-	s := &findingScope{finding: f, before: f.DeepCopy(), now: r.Options.Clock.Now()}
+	// The cache has not shown our last status write yet: a pass now would
+	// act on what we already changed. Wait for the watch to catch up.
+	if r.writes.pending(f.UID, f.ResourceVersion, r.Options.Clock.Now()) {
+		return ctrl.Result{RequeueAfter: r.Options.ConflictRetry}, nil
+	}
+	s := &findingScope{finding: f, before: f.DeepCopy(), now: r.Options.Clock.Now(), staleVersions: []string{f.ResourceVersion}}
 
 	// Every pass ends here: derive the summary fields, write the status
 	// once, and only when that write succeeded tell the world (Events,
@@ -111,16 +127,22 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	// acted on a stale copy fails with a conflict and runs again instead
 	// of overwriting newer status or announcing a transition twice.
 	defer func() {
-		if s.deleted {
+		if s.deleted || s.skipStatus {
 			return
 		}
 		r.summarise(s, retErr == nil)
+		if f.Status.ResolvedTime != nil && retErr == nil {
+			// Come back when the retention period ends.
+			expires := f.Status.ResolvedTime.Add(r.Options.FindingTTL).Sub(s.now)
+			res = lowestRequeue(res, ctrl.Result{RequeueAfter: max(expires, time.Millisecond)})
+		}
 		if equality.Semantic.DeepEqual(s.before.Status, f.Status) {
 			return
 		}
-		err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(s.before, client.MergeFromWithOptimisticLock{}))
+		err := r.writeStatus(ctx, s)
 		switch {
 		case err == nil:
+			r.writes.expect(f.UID, s.now, s.staleVersions...)
 			r.announce(ctx, s)
 		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 			log.V(1).Info("finding changed while reconciling; looking again", "reason", err.Error())
@@ -128,6 +150,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 				res = ctrl.Result{RequeueAfter: r.Options.ConflictRetry}
 			}
 		default:
+			res = ctrl.Result{}
 			retErr = errors.Join(retErr, fmt.Errorf("patch status: %w", err))
 		}
 	}()
@@ -141,6 +164,39 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return r.reconcileResolved(ctx, s)
 	}
 	return r.reconcileNormal(ctx, s)
+}
+
+// statusWriteAttempts bounds how often one pass retries its status write
+// against a finding whose spec keeps changing.
+const statusWriteAttempts = 4
+
+// writeStatus patches the status computed by the pass, guarded by the
+// resourceVersion it read. The agent updates a finding's spec as it merges
+// detections, which bumps the resourceVersion without touching the status;
+// such a conflict is retried at once on the latest object, because a status
+// computed from an unchanged status is still right. When the status itself
+// changed meanwhile (the cache was behind), the pass must start over: the
+// conflict is returned.
+func (r *ThreatFindingReconciler) writeStatus(ctx context.Context, s *findingScope) error {
+	f := s.finding
+	err := r.Status().Patch(ctx, f, client.MergeFromWithOptions(s.before, client.MergeFromWithOptimisticLock{}))
+	for i := 1; i < statusWriteAttempts && apierrors.IsConflict(err); i++ {
+		latest := &v1alpha1.ThreatFinding{}
+		if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(f), latest); gerr != nil {
+			return gerr
+		}
+		if !equality.Semantic.DeepEqual(latest.Status, s.before.Status) {
+			return err
+		}
+		s.staleVersions = append(s.staleVersions, latest.ResourceVersion)
+		want := latest.DeepCopy()
+		want.Status = f.Status
+		err = r.Status().Patch(ctx, want, client.MergeFromWithOptions(latest, client.MergeFromWithOptimisticLock{}))
+		if err == nil {
+			f.ResourceVersion = want.ResourceVersion
+		}
+	}
+	return err
 }
 
 // reconcileNormal runs the steps of an unresolved finding, keeping the
@@ -426,6 +482,54 @@ func (fs *firstSeen) forget(uid types.UID) {
 	delete(fs.at, uid)
 }
 
+// expectationTTL bounds how long a pass waits for the cache to show the
+// operator's own status write (a lost watch event must not stall a finding).
+const expectationTTL = 5 * time.Second
+
+// writeExpectations remembers, per finding, the resourceVersions that the
+// operator's last status write made stale (KubeVirt's "expectations"):
+// while the cache still shows one of them it is known to be behind, and a
+// pass would only recompute what was written and fail with a conflict. The
+// watch may deliver the new version before the write's own response
+// returns, so the stale versions are recorded, not the new one.
+type writeExpectations struct {
+	mu sync.Mutex
+	m  map[types.UID]staleVersions
+}
+
+type staleVersions struct {
+	versions []string
+	at       time.Time
+}
+
+func (w *writeExpectations) expect(uid types.UID, now time.Time, stale ...string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.m[uid] = staleVersions{stale, now}
+}
+
+// pending reports whether the cached version cachedRV predates the last
+// write; any other version means the cache has caught up.
+func (w *writeExpectations) pending(uid types.UID, cachedRV string, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.m[uid]
+	if !ok {
+		return false
+	}
+	if now.Sub(e.at) <= expectationTTL && slices.Contains(e.versions, cachedRV) {
+		return true
+	}
+	delete(w.m, uid)
+	return false
+}
+
+func (w *writeExpectations) forget(uid types.UID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.m, uid)
+}
+
 // createdAt estimates when the finding was created. The API records whole
 // seconds; the true moment lies within the second after creationTimestamp
 // and just before the operator's watch delivered the finding. When the
@@ -438,8 +542,8 @@ func (r *ThreatFindingReconciler) createdAt(f *v1alpha1.ThreatFinding) time.Time
 	return created
 }
 
-// SetupWithManager wires the reconciler's watches.
-func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+// init fills the defaults and the in-memory state.
+func (r *ThreatFindingReconciler) init() {
 	r.Options = r.Options.withDefaults()
 	if r.gate == nil {
 		r.gate = newMigrationGate()
@@ -447,15 +551,31 @@ func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.seen == nil {
 		r.seen = &firstSeen{at: map[types.UID]time.Time{}}
 	}
-	noteCreation := predicate.Funcs{
+	if r.writes == nil {
+		r.writes = &writeExpectations{m: map[types.UID]staleVersions{}}
+	}
+}
+
+// SetupWithManager wires the reconciler's watches.
+func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.init()
+	// A finding is reconciled when it appears, when its spec changes (the
+	// agent merged detections) and when it goes; not after the status
+	// writes of the operator itself, which would only double the work. What
+	// a pass waits for comes back through the watches below or RequeueAfter.
+	findingChanged := predicate.Funcs{
 		CreateFunc: func(e event.CreateEvent) bool {
 			r.seen.mark(e.Object.GetUID(), r.Options.Clock.Now())
 			return true
 		},
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
+		},
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("threatfinding").
-		For(&v1alpha1.ThreatFinding{}, builder.WithPredicates(noteCreation)).
+		For(&v1alpha1.ThreatFinding{}, builder.WithPredicates(findingChanged)).
 		Watches(&virtv1.VirtualMachineInstanceMigration{}, handler.EnqueueRequestsFromMapFunc(r.migrationToFindings)).
 		Watches(&virtv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(r.vmiToFindings)).
 		Watches(&v1alpha1.SideChannelPolicy{}, handler.EnqueueRequestsFromMapFunc(r.policyToFindings),

@@ -23,9 +23,16 @@ import (
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 )
 
-// annotationSourceNode on a sidewatch migration records the node the victim
-// was leaving, so a restarted operator can adopt the migration fully.
-const annotationSourceNode = "sidewatch.io/source-node"
+// Annotations on a sidewatch migration that let the pass after its creation
+// (or a restarted operator) adopt it fully: the node the victim was leaving
+// and the moment of creation to the nanosecond (creationTimestamp keeps
+// whole seconds).
+const (
+	annotationSourceNode = "sidewatch.io/source-node"
+	annotationCreatedAt  = "sidewatch.io/created-at"
+	// annotationExcluded lists the excluded nodes, comma-separated.
+	annotationExcluded = "sidewatch.io/excluded-nodes"
+)
 
 // Migration results recorded in status.migration.result.
 const (
@@ -48,17 +55,33 @@ func (r *ThreatFindingReconciler) reconcileMigration(ctx context.Context, s *fin
 		return ctrl.Result{}, err
 	}
 	s.migrations = owned
+	for _, m := range owned {
+		r.gate.Observed(m.Namespace + "/" + m.Name)
+	}
 
-	// A migration may exist that the status does not record: the operator
-	// stopped between creating it and writing the status. Adopt it rather
+	// A migration may exist that the status does not record yet: the pass
+	// that created it leaves the status to the next one (see
+	// startMigration), or the operator stopped in between. Adopt it rather
 	// than create another.
 	if n := len(owned); n > 0 {
 		latest := owned[n-1]
 		if a := attemptOf(latest); a > int(mig.Attempts) {
-			logf.FromContext(ctx).Info("adopting migration the status did not record", "migration", latest.Name, "attempt", a)
+			logf.FromContext(ctx).V(1).Info("recording migration", "migration", latest.Name, "attempt", a)
+			start := latest.CreationTimestamp.DeepCopy()
+			if t, err := time.Parse(time.RFC3339Nano, latest.Annotations[annotationCreatedAt]); err == nil {
+				start = &metav1.Time{Time: t}
+			}
+			lastFailure := mig.LastFailure
+			if n >= 2 && owned[n-2].IsFinal() && owned[n-2].Status.Phase == virtv1.MigrationFailed {
+				lastFailure = failureReason(owned[n-2], s.vmi)
+			}
+			var excluded []string
+			if list := latest.Annotations[annotationExcluded]; list != "" {
+				excluded = strings.Split(list, ",")
+			}
 			*mig = v1alpha1.MigrationStatus{
 				Name: latest.Name, Attempts: int32(a), SourceNode: latest.Annotations[annotationSourceNode],
-				ExcludedNodes: mig.ExcludedNodes, StartTime: latest.CreationTimestamp.DeepCopy(), LastFailure: mig.LastFailure,
+				ExcludedNodes: excluded, StartTime: start, LastFailure: lastFailure,
 			}
 		}
 	}
@@ -116,11 +139,12 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 		return ctrl.Result{}, nil
 	}
 
+	// Read-only: the cached objects are not copied.
 	var findings v1alpha1.ThreatFindingList
-	if err := r.List(ctx, &findings); err != nil {
+	if err := r.List(ctx, &findings, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list findings: %w", err)
 	}
-	excluded := excludedNodes(findings.Items, r.locator(ctx), s.now, r.Options.SuspectQuarantine)
+	excluded := excludedNodes(findings.Items, cacheLocator(ctx, r.Client), s.now, r.Options.SuspectQuarantine)
 	if _, ok := excluded[f.Spec.Node]; !ok {
 		excluded[f.Spec.Node] = exclusion{Node: f.Spec.Node, Finding: f.Namespace + "/" + f.Name, Affected: true}
 	}
@@ -165,18 +189,23 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 		return ctrl.Result{RequeueAfter: r.Options.WaitRequeue}, nil
 	}
 
-	var inflight virtv1.VirtualMachineInstanceMigrationList
-	if err := r.List(ctx, &inflight, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list sidewatch migrations: %w", err)
-	}
-	unfinished := inflight.Items[:0]
-	for _, m := range inflight.Items {
-		if !m.IsFinal() {
-			unfinished = append(unfinished, m)
-		}
-	}
 	limit := int(s.response.MaxConcurrentMigrations)
-	v := r.gate.Reserve(s.now, f.Namespace+"/"+name, s.victimKey(), f.Name, limit, unfinished)
+	v, err := r.gate.Reserve(s.now, f.Namespace+"/"+name, s.victimKey(), f.Name, limit, func() ([]virtv1.VirtualMachineInstanceMigration, error) {
+		var list virtv1.VirtualMachineInstanceMigrationList
+		if err := r.List(ctx, &list, client.MatchingLabels{v1alpha1.LabelManagedBy: v1alpha1.ManagedByValue}); err != nil {
+			return nil, fmt.Errorf("list sidewatch migrations: %w", err)
+		}
+		unfinished := list.Items[:0]
+		for _, m := range list.Items {
+			if !m.IsFinal() {
+				unfinished = append(unfinished, m)
+			}
+		}
+		return unfinished, nil
+	})
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	switch {
 	case v.Busy != "":
 		setWaiting(f, v1alpha1.ReasonVictimAlreadyMigrating, fmt.Sprintf(
@@ -191,6 +220,8 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 
 	attempt := int(mig.Attempts) + 1
 	m := newMigration(f, vmi, attempt, name)
+	m.Annotations[annotationCreatedAt] = s.now.UTC().Format(time.RFC3339Nano)
+	m.Annotations[annotationExcluded] = strings.Join(sortedNodes(excluded), ",")
 	if err := controllerutil.SetControllerReference(f, m, r.Scheme); err != nil {
 		r.gate.Release(f.Namespace + "/" + name)
 		return ctrl.Result{}, err
@@ -220,15 +251,14 @@ func (r *ThreatFindingReconciler) startMigration(ctx context.Context, s *finding
 		return ctrl.Result{}, fmt.Errorf("create migration %s: %w", name, err)
 	}
 
-	*mig = v1alpha1.MigrationStatus{
-		Name: name, Attempts: int32(attempt), SourceNode: vmi.Status.NodeName,
-		ExcludedNodes: sortedNodes(excluded), StartTime: &metav1.Time{Time: s.now}, LastFailure: mig.LastFailure,
-	}
-	setMigrating(f, true, v1alpha1.ReasonMigrationInProgress, fmt.Sprintf(
-		"created migration %s (attempt %d of %d) to move VMI %s off node %s to one of %d allowed nodes",
-		name, attempt, s.response.MaxMigrationAttempts, s.victimKey(), mig.SourceNode, len(candidates)))
-	setMitigated(f, false, v1alpha1.ReasonMitigationPending, "the victim is being moved")
-	return ctrl.Result{RequeueAfter: r.Options.FollowRequeue}, nil
+	// Act first, record next: the status of this pass is not written. The
+	// migration's watch event (or the short requeue) brings the next pass,
+	// which adopts the migration and writes the whole status. Under a burst
+	// of findings, every worker thus creates migrations before any spends a
+	// round trip on a status write.
+	logf.FromContext(ctx).V(1).Info("created migration", "migration", name, "attempt", attempt, "candidates", len(candidates))
+	s.skipStatus = true
+	return ctrl.Result{RequeueAfter: r.Options.ConflictRetry}, nil
 }
 
 // recordSuccess notes a finished, successful migration.
@@ -407,20 +437,6 @@ func (r *ThreatFindingReconciler) lastMove(ctx context.Context, s *findingScope)
 		}
 	}
 	return last, by, nil
-}
-
-// locator finds VMIs in the cache.
-func (r *ThreatFindingReconciler) locator(ctx context.Context) vmiLocator {
-	return func(namespace, name string, uid types.UID) string {
-		v := &virtv1.VirtualMachineInstance{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, v); err != nil {
-			return ""
-		}
-		if uid != "" && v.UID != uid {
-			return ""
-		}
-		return v.Status.NodeName
-	}
 }
 
 // targetCandidates lists the nodes a migration of vmi could land on: allowed

@@ -20,6 +20,8 @@ func (r *ThreatFindingReconciler) migrationToFindings(ctx context.Context, obj c
 	if !ok {
 		return nil
 	}
+	// The cache holds the migration now: its reservation has done its job.
+	r.gate.Observed(m.Namespace + "/" + m.Name)
 	var about v1alpha1.ThreatFindingList
 	if err := r.List(ctx, &about, client.InNamespace(m.Namespace), client.MatchingFields{indexFindingVictim: m.Spec.VMIName}); err != nil {
 		logf.FromContext(ctx).Error(err, "list findings about a migrating VMI", "vmi", m.Spec.VMIName)

@@ -36,8 +36,11 @@ func CreateNode(ctx context.Context, c client.Client, node *corev1.Node) error {
 	if err := c.Create(ctx, node); err != nil {
 		return fmt.Errorf("create node %s: %w", node.Name, err)
 	}
+	// A merge patch without a resourceVersion: controllers may already be
+	// labelling the new node.
+	before := node.DeepCopy()
 	node.Status = *status
-	if err := c.Status().Update(ctx, node); err != nil {
+	if err := c.Status().Patch(ctx, node, client.MergeFrom(before)); err != nil {
 		return fmt.Errorf("set status of node %s: %w", node.Name, err)
 	}
 	return nil
