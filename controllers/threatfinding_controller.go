@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 )
 
 // ThreatFindingReconciler responds to the findings the node agents write:
@@ -160,6 +161,7 @@ func (r *ThreatFindingReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		f.Status.Conditions = nil
 		f.Status.ResolvedTime = nil
 	}
+	r.reconcileEvidence(ctx, s)
 	if f.Status.Phase.Final() && f.Status.Conditions != nil {
 		return r.reconcileResolved(ctx, s)
 	}
@@ -570,7 +572,9 @@ func (r *ThreatFindingReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		},
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
-				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
+				(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil) ||
+				// The agent stored or refreshed the evidence snapshot.
+				e.ObjectOld.GetAnnotations()[evidence.AnnotationRef] != e.ObjectNew.GetAnnotations()[evidence.AnnotationRef]
 		},
 	}
 	return ctrl.NewControllerManagedBy(mgr).

@@ -433,3 +433,38 @@ func TestUnitFailureNoticedAfterItsBackoff(t *testing.T) {
 		t.Errorf("events = %v, want MigrationFailed and MigrationStarted on the finding and the VMI", ev)
 	}
 }
+
+// The agent's evidence reference (an annotation) reaches status.evidence
+// once checked; a forged one does not, and is reported.
+func TestUnitEvidenceReferenceCopied(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		annotation string
+		want       string // ConfigMap name in status.evidence, "" for none
+		event      bool
+	}{
+		{"valid", `{"configMapName":"f-evidence","bytes":4096,"capturedAt":"2026-11-23T10:00:00Z"}`, "f-evidence", false},
+		{"another ConfigMap", `{"configMapName":"kube-root-ca.crt","bytes":4096,"capturedAt":"2026-11-23T10:00:00Z"}`, "", true},
+		{"not JSON", `evidence please`, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newUnit(t, nil, func(s *v1alpha1.SideChannelPolicySpec) { s.Response.Action = v1alpha1.ActionAlert })
+			f := u.get()
+			f.Annotations = map[string]string{"sidewatch.io/evidence": tc.annotation}
+			if err := u.c.Update(context.Background(), f); err != nil {
+				t.Fatal(err)
+			}
+			u.settle()
+			got := u.get().Status.Evidence
+			switch {
+			case tc.want == "" && got != nil:
+				t.Errorf("status.evidence = %+v, want none", got)
+			case tc.want != "" && (got == nil || got.ConfigMapName != tc.want || got.Bytes != 4096):
+				t.Errorf("status.evidence = %+v, want %s", got, tc.want)
+			}
+			if n := countPrefix(u.drainEvents(), "Warning "+EventEvidenceRefInvalid); (n > 0) != tc.event {
+				t.Errorf("%d %s events, want some: %v", n, EventEvidenceRefInvalid, tc.event)
+			}
+		})
+	}
+}

@@ -1,8 +1,6 @@
-// Command demo runs sidewatch on an embedded local control plane: a real
-// kube-apiserver and etcd (built once by hack/control-plane.sh) with the
-// sidewatch and KubeVirt CRDs installed. It applies the example policy and
-// shows what `kubectl get scp,threatfindings` prints, then waits for Ctrl-C
-// and cleans everything up.
+// Command demo shows sidewatch detect an attack and migrate the victim, on
+// an embedded local control plane: `make demo`. See internal/demo for what
+// runs. Ctrl-C stops everything and removes what the demo created.
 package main
 
 import (
@@ -16,99 +14,74 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sidewatch/sidewatch/internal/controlplane"
+	"github.com/sidewatch/sidewatch/internal/demo"
 )
 
 func main() {
 	var (
-		exitAfter time.Duration
 		workDir   string
+		exitAfter time.Duration
+		timeout   time.Duration
+		speed     float64
 	)
-	flag.DurationVar(&exitAfter, "exit-after", 0, "stop on its own after this long (0: wait for Ctrl-C)")
-	flag.StringVar(&workDir, "workdir", "", "where the demo's kubeconfig is written (default: a temporary directory)")
+	flag.StringVar(&workDir, "workdir", "", "keep the demo's files (binaries, kubeconfigs, logs, trace, report) here instead of a temporary directory")
+	flag.DurationVar(&exitAfter, "exit-after", 0, "once the victim is mitigated, stop after this long instead of waiting for Ctrl-C")
+	flag.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the finding to be mitigated")
+	flag.Float64Var(&speed, "replay-speed", 1, "pace of the recorded attack relative to real time")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, exitAfter, workDir); err != nil {
+	if err := run(ctx, workDir, exitAfter, timeout, speed); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, exitAfter time.Duration, workDir string) error {
-	say("starting a local control plane (kube-apiserver + etcd); the first run builds them, about 5 minutes")
-	env, err := controlplane.Start(ctx, controlplane.Options{})
+func run(ctx context.Context, workDir string, exitAfter, timeout time.Duration, speed float64) error {
+	d, err := demo.Start(ctx, demo.Options{WorkDir: workDir, ReplaySpeed: speed})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		say("stopping the control plane")
-		if err := env.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "demo: stop:", err)
-		}
+		fmt.Println("==> stopping the agent, the operator and the control plane")
+		d.Stop()
 	}()
 
-	if workDir == "" {
-		if workDir, err = os.MkdirTemp("", "sidewatch-demo-"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(workDir)
-	} else if err := os.MkdirAll(workDir, 0o755); err != nil {
-		return err
-	}
-	kubeconfig := filepath.Join(workDir, "kubeconfig")
-	if err := env.Kubeconfig(kubeconfig); err != nil {
-		return err
-	}
-	root, err := controlplane.RepoRoot()
+	fmt.Println("==> waiting for the agent to see the attack and the operator to move the victim")
+	res, err := d.WaitMitigated(ctx, timeout)
 	if err != nil {
 		return err
 	}
-	kubectl := func(args ...string) error {
-		fmt.Printf("\n$ kubectl %s\n", join(args))
-		cmd := exec.CommandContext(ctx, env.Kubectl(), append([]string{"--kubeconfig", kubeconfig}, args...)...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		return cmd.Run()
+	fmt.Printf("\n==> %s moved from %s to %s, %.0fs after the agent started replaying the attack\n", demo.Victim, res.VictimBefore, res.VictimAfter, res.Elapsed.Seconds())
+
+	html := filepath.Join(d.WorkDir(), "incident-report.html")
+	fmt.Printf("\n$ sidewatch report -n %s %s --html %s\n", res.Finding.Namespace, res.Finding.Name, html)
+	report := exec.CommandContext(ctx, d.CLI, "report", "--kubeconfig", d.Kubeconfig, "-n", res.Finding.Namespace, res.Finding.Name, "--html", html)
+	report.Stdout, report.Stderr = os.Stdout, os.Stderr
+	if err := report.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo: sidewatch report:", err)
 	}
 
-	policy := filepath.Join(root, "config", "samples", "sidewatch_v1alpha1_sidechannelpolicy.yaml")
-	steps := [][]string{
-		{"apply", "-f", policy},
-		{"get", "scp", "protect-payments", "-o", "yaml"},
-		{"get", "scp"},
-		{"get", "threatfindings", "-A"},
+	fmt.Printf("\nThe cluster keeps running. In another terminal:\n")
+	fmt.Printf("  export KUBECONFIG=%s\n", d.Kubeconfig)
+	fmt.Printf("  %s get threatfindings -A -o wide\n", d.Kubectl)
+	fmt.Printf("  %s get scp protect-payments -o yaml\n", d.Kubectl)
+	fmt.Printf("  %s export --stix\n", d.CLI)
+	fmt.Printf("  curl -s http://%s/metrics | grep ^sidewatch_   # the operator\n", d.OperatorMetrics)
+	fmt.Printf("  curl -s http://%s/metrics | grep ^sidewatch_   # the agent\n", d.AgentMetrics)
+	if workDir == "" {
+		fmt.Println("  (the incident report and logs are in", d.WorkDir(), "until the demo stops; --workdir keeps them)")
 	}
-	for _, s := range steps {
-		if err := kubectl(s...); err != nil {
-			return fmt.Errorf("kubectl %s: %w", join(s), err)
-		}
-	}
-
-	fmt.Printf("\nThe control plane keeps running. In another terminal:\n  export KUBECONFIG=%s\n  %s get scp,threatfindings -A\n", kubeconfig, env.Kubectl())
-	var timeout <-chan time.Time
 	if exitAfter > 0 {
-		timeout = time.After(exitAfter)
-		say(fmt.Sprintf("stopping in %s", exitAfter))
-	} else {
-		say("press Ctrl-C to stop and clean up")
-	}
-	select {
-	case <-ctx.Done():
-	case <-timeout:
-	}
-	return nil
-}
-
-func say(msg string) { fmt.Printf("==> %s\n", msg) }
-
-func join(args []string) string {
-	out := ""
-	for i, a := range args {
-		if i > 0 {
-			out += " "
+		fmt.Printf("==> stopping in %s\n", exitAfter)
+		select {
+		case <-ctx.Done():
+		case <-time.After(exitAfter):
 		}
-		out += a
+		return nil
 	}
-	return out
+	fmt.Println("==> press Ctrl-C to stop and clean up")
+	<-ctx.Done()
+	return nil
 }

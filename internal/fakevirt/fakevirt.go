@@ -108,6 +108,9 @@ type Controller struct {
 	mu       sync.Mutex
 	failures map[types.NamespacedName]failure
 	holds    map[types.NamespacedName]virtv1.VirtualMachineInstanceMigrationPhase
+	// notBefore paces each migration: the watch event of a phase change
+	// must not advance it again before StepDelay has passed.
+	notBefore map[types.UID]time.Time
 }
 
 type failure struct {
@@ -119,11 +122,12 @@ type failure struct {
 func New(c client.Client, opts Options) *Controller {
 	opts.setDefaults()
 	return &Controller{
-		client:   c,
-		reader:   c,
-		opts:     opts,
-		failures: map[types.NamespacedName]failure{},
-		holds:    map[types.NamespacedName]virtv1.VirtualMachineInstanceMigrationPhase{},
+		client:    c,
+		reader:    c,
+		opts:      opts,
+		failures:  map[types.NamespacedName]failure{},
+		holds:     map[types.NamespacedName]virtv1.VirtualMachineInstanceMigrationPhase{},
+		notBefore: map[types.UID]time.Time{},
 	}
 }
 
@@ -259,6 +263,9 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if c.held(vmiKey, m.Status.Phase) {
 		return ctrl.Result{RequeueAfter: c.opts.StepDelay}, nil
 	}
+	if wait := c.pace(m.UID); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
 
 	next, err := c.step(ctx, m, vmi)
 	if err != nil {
@@ -267,7 +274,27 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	c.paced(m.UID, next)
 	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// pace is how long a migration must still wait before its next step.
+func (c *Controller) pace(uid types.UID) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.notBefore[uid].Sub(c.opts.Clock.Now())
+}
+
+// paced records when a migration may take its next step, and forgets
+// migrations that have none.
+func (c *Controller) paced(uid types.UID, next time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if next <= 0 {
+		delete(c.notBefore, uid)
+		return
+	}
+	c.notBefore[uid] = c.opts.Clock.Now().Add(next)
 }
 
 // step performs the work of the migration's current phase and moves it to
