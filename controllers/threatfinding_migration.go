@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	virtv1 "kubevirt.io/api/core/v1"
@@ -455,7 +456,7 @@ func targetCandidates(nodes []TargetNode, vmi *virtv1.VirtualMachineInstance) ([
 			excluded++
 		case n.Spec.Unschedulable || !nodeReady(n):
 			unready++
-		case !labelsMatch(n.Labels, vmi.Spec.NodeSelector):
+		case !labels.SelectorFromSet(vmi.Spec.NodeSelector).Matches(labels.Set(n.Labels)):
 			mismatched++
 		default:
 			out = append(out, n.Name)
@@ -464,15 +465,6 @@ func targetCandidates(nodes []TargetNode, vmi *virtv1.VirtualMachineInstance) ([
 	why := fmt.Sprintf("of %d other nodes, %d are excluded (affected nodes or hosting suspects), %d are unschedulable or not Ready, %d do not match the VMI's nodeSelector",
 		max(len(nodes)-1, 0), excluded, unready, mismatched)
 	return out, why
-}
-
-func labelsMatch(labels, selector map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }
 
 func nodeReady(n *corev1.Node) bool {

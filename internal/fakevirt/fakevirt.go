@@ -37,6 +37,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	virtv1 "kubevirt.io/api/core/v1"
@@ -472,13 +473,8 @@ func (c *Controller) pickTarget(ctx context.Context, m *virtv1.VirtualMachineIns
 
 // Matches reports whether labels hold every key=value of selector, the
 // equality semantics of nodeSelector and addedNodeSelector.
-func Matches(labels, selector map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
+func Matches(nodeLabels, selector map[string]string) bool {
+	return labels.SelectorFromSet(selector).Matches(labels.Set(nodeLabels))
 }
 
 func nodeReady(n *corev1.Node) bool {
