@@ -203,11 +203,11 @@ func Start(ctx context.Context, opts Options) (d *Demo, err error) {
 	}
 
 	opKubeconfig := filepath.Join(d.workDir, "operator.kubeconfig")
-	if err = serviceAccountKubeconfig(ctx, d.client, d.env.Config, Namespace, "sidewatch-operator", nil, opKubeconfig); err != nil {
+	if err = serviceAccountKubeconfig(ctx, d.env, Namespace, "sidewatch-operator", nil, opKubeconfig); err != nil {
 		return d, err
 	}
 	agentKubeconfig := filepath.Join(d.workDir, "agent.kubeconfig")
-	if err = serviceAccountKubeconfig(ctx, d.client, d.env.Config, Namespace, "sidewatch-agent", agentPod(Namespace, AttackedNode), agentKubeconfig); err != nil {
+	if err = serviceAccountKubeconfig(ctx, d.env, Namespace, "sidewatch-agent", agentPod(Namespace, AttackedNode), agentKubeconfig); err != nil {
 		return d, err
 	}
 
