@@ -67,6 +67,7 @@ func TestCoSchedulingPinnedThreads(t *testing.T) {
 			}
 
 			moreProcs(t)
+			boostAutogroup(t)
 			a1 := startPinned(t, 0) // VMI a on CPU 0
 			b1 := startPinned(t, 1) // VMI b on CPU 1
 			a2 := startPinned(t, 1) // VMI a on CPU 1, sharing it with b1
@@ -274,6 +275,7 @@ func pingPong(t testing.TB, a, b *pinnedThread, rounds int) {
 // and alternate the guests.
 func TestCoSchedulingQEMUGuests(t *testing.T) {
 	needCPUs(t, 2)
+	boostAutogroup(t)
 	l := mustLoad(t, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -162,6 +162,8 @@ type Agent struct {
 	streams       map[collect.StreamID]bool
 	kthreads      map[int]collect.StreamID
 	history       map[discovery.VMIRef]*vmiHistory
+	cosched       *coschedHistory
+	captured      map[captureKey]capture
 	unavailable   []string
 	lastNoEvents  string
 	gov           Governance
@@ -214,6 +216,7 @@ func New(opts Options) (*Agent, error) {
 		streams:   map[collect.StreamID]bool{},
 		kthreads:  map[int]collect.StreamID{},
 		history:   map[discovery.VMIRef]*vmiHistory{},
+		captured:  map[captureKey]capture{},
 		attrQueue: make(chan attributionJob, 64),
 	}
 	a.feed.a = a
@@ -504,6 +507,7 @@ func (a *Agent) drain() {
 	now := a.clock.Now()
 	a.lastDrain.Store(now.UnixNano())
 	a.readKernelLocks(now)
+	a.readCoScheduling(now)
 	if a.detector != nil {
 		a.handle(a.detector.Advance(now.UnixNano()))
 	}
@@ -609,7 +613,7 @@ func (a *Agent) handle(dets []report.Detection) {
 		}
 		d.Evidence.UnavailableSignals = a.unavailableSignals()
 		if a.opts.Evidence {
-			d.Snapshot = a.snapshot(d, a.clock.Now())
+			a.captureEvidence(&d, a.clock.Now())
 		}
 		a.setStats(func(s *report.AgentStats) { s.Detections[d.Type]++ })
 		a.log.Info("detection", "type", d.Type, "victim", d.Victim, "score", d.Score, "suspects", len(d.Suspects))
@@ -621,7 +625,7 @@ func (a *Agent) handle(dets []report.Detection) {
 		case a.attrQueue <- job:
 		default:
 			// Attribution is behind: report without it rather than wait.
-			a.report(job.det)
+			a.report(withoutIntrospection(job, "not captured: the agent's attribution queue was full"))
 		}
 	}
 }
