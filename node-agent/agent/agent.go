@@ -175,10 +175,11 @@ type Agent struct {
 
 	lastDrain atomic.Int64
 
-	mu    sync.Mutex
-	stats report.AgentStats
-	lastS uint64
-	lastT time.Time
+	mu           sync.Mutex
+	stats        report.AgentStats
+	sampleReason string
+	lastS        uint64
+	lastT        time.Time
 }
 
 // New makes an agent.
@@ -520,6 +521,8 @@ func (a *Agent) drain() {
 	s.Samples = max(cs.Samples, bs.Samples)
 	s.LostSamples, s.DroppedSamples, s.DroppedReadings = max(cs.Lost, bs.Lost), bs.DroppedSamples, bs.DroppedReadings
 	s.Readings, s.ReadErrors, s.ThreadsGone, s.FDBudgetRefused = cs.Readings, cs.ReadErrors, cs.ThreadsGone, cs.FDBudgetRefused
+	s.SampleMode, s.LostSlots = cs.SampleMode, cs.LostSlots
+	a.sampleReason = cs.SampleModeReason
 	if len(cs.Unavailable) > 0 {
 		s.UnavailableEvents = len(cs.Unavailable) + len(a.unavailable)
 	} else {
@@ -678,6 +681,7 @@ func (a *Agent) Capabilities() v1alpha1.NodeCapabilities {
 	s := a.Stats()
 	c.VMIs, c.VCPUs = int32(s.VMIs), int32(s.VCPUs)
 	c.FileDescriptors.PerfEvents = uint64(s.PerfFDs)
+	c.Signals = a.withSampleSignal(c.Signals, s.SampleMode)
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		c.FileDescriptors.Open = uint64(len(ents))
 	}
