@@ -8,6 +8,7 @@ import (
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/kernel"
 	"github.com/sidewatch/sidewatch/node-agent/capabilities"
+	"github.com/sidewatch/sidewatch/node-agent/collect/perf"
 )
 
 // withKernel loads the eBPF programs and merges what they provide into the
@@ -34,4 +35,22 @@ func withKernel(ctx context.Context, caps v1alpha1.NodeCapabilities, sysRoot str
 	split, _ := st.Signal(kernel.SignalSplitLocks)
 	caps = capabilities.WithKernel(caps, st.Programs, st.Signals, &bus)
 	return caps, l, bus.Available && !pmuBus, split.Available
+}
+
+// samplerFor says how the perf collector should take overflow samples:
+// binned in the kernel by the loader's sampler program when it loaded,
+// otherwise through ring buffers, with the reason the heartbeat and the
+// agent's metrics then show.
+func samplerFor(l *kernel.Loader) (perf.KernelSampler, string) {
+	if l == nil {
+		return nil, "eBPF programs not loaded"
+	}
+	p, ok := l.Status().Program(kernel.ProgramSampler)
+	switch {
+	case !ok:
+		return nil, "eBPF sampler not part of the loaded programs"
+	case !p.Loaded:
+		return nil, "eBPF sampler not loaded: " + p.Reason
+	}
+	return l, ""
 }

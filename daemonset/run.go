@@ -147,7 +147,9 @@ func run(ctx context.Context, log logr.Logger, f *runFlags) error {
 		col = rc
 		caps = replayCapabilities(caps, f.replayPath)
 	} else {
-		col = perf.New(log.WithName("perf"))
+		pc := perf.New(log.WithName("perf"))
+		pc.UseKernelSampler(samplerFor(kl))
+		col = pc
 	}
 	log.Info("starting", "version", version.Version, "monitorable", caps.Monitorable, "reason", caps.Reason, "message", caps.Message,
 		"cpu", fmt.Sprintf("%s family %d model %d", caps.PMU.Vendor, caps.PMU.Family, caps.PMU.Model),

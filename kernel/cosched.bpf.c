@@ -14,6 +14,13 @@
  *
  * The common case, a switch between threads nobody watches, costs a bit
  * test in watched_bits and no writes.
+ *
+ * Two CPUs often switch at the same instant (their scheduler ticks are
+ * aligned): each may then see the other's thread still running and count
+ * the same stretch. A per-CPU-pair watermark (peer_acct) says up to when
+ * the two CPUs' overlaps have been counted; a CPU claims [from, now) by
+ * moving it with a compare-and-swap and counts only what lies after it, so
+ * every moment of overlap is counted once.
  */
 #include "include/core.h"
 #include <bpf/bpf_helpers.h>
@@ -50,6 +57,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cpu_peers);
 } cpu_peers SEC(".maps");
+
+/* Per pair of peer CPUs: the time up to which their overlaps are counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* the loader sets the number of peer pairs */
+	__type(key, __u32);
+	__type(value, __u64);
+} peer_acct SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -179,7 +194,22 @@ static __always_inline void account(struct cpu_state *st, __u32 cpu, __u64 now)
 		__u64 from = start > pstart ? start : pstart;
 		if (now <= from)
 			continue;
-		add_pair(self, ((__u64)ptid << 32) | pvmi, now - from, peers->kind[i]);
+		__u32 cell = peers->cell[i];
+		__u64 *until = bpf_map_lookup_elem(&peer_acct, &cell);
+		if (!until)
+			continue;
+		/* Claim [from, now) for this pair of CPUs; a peer switching out
+		 * at the same instant claims first or counts only what follows. */
+		for (int k = 0; k < 4; k++) {
+			__u64 seen = READ_ONCE(*until);
+			__u64 lo = from > seen ? from : seen;
+			if (now <= lo)
+				break;
+			if (__sync_val_compare_and_swap(until, seen, now) == seen) {
+				add_pair(self, ((__u64)ptid << 32) | pvmi, now - lo, peers->kind[i]);
+				break;
+			}
+		}
 	}
 }
 

@@ -24,11 +24,29 @@ func loadCoschedStep(_ context.Context, l *Loader, _ *btf.Spec) error {
 			return fmt.Errorf("kernel: topology names CPU %d but the kernel has %d possible CPUs", c.ID, ncpu)
 		}
 	}
+	// Every pair of peer CPUs gets one peer_acct cell, named by both.
+	peersOf := map[int][]peer{}
+	cells := map[[2]int]uint32{}
+	for _, c := range l.topology.CPUs {
+		peers := l.topology.peers(c.ID)
+		if len(peers) > maxPeers {
+			l.truncated = append(l.truncated, c.ID)
+			peers = peers[:maxPeers]
+		}
+		peersOf[c.ID] = peers
+		for _, p := range peers {
+			k := [2]int{min(c.ID, p.cpu), max(c.ID, p.cpu)}
+			if _, ok := cells[k]; !ok {
+				cells[k] = uint32(len(cells))
+			}
+		}
+	}
 	o, err := l.newObject("cosched", loadCosched, map[string]int{
 		"threads":   l.opts.MaxThreads,
 		"pairs":     l.opts.MaxPairs,
 		"cpu_state": ncpu,
 		"cpu_peers": ncpu,
+		"peer_acct": max(len(cells), 1),
 	}, nil)
 	if err != nil {
 		return err
@@ -38,15 +56,12 @@ func loadCoschedStep(_ context.Context, l *Loader, _ *btf.Spec) error {
 
 	// The peers go in before the program attaches.
 	for _, c := range l.topology.CPUs {
-		peers := l.topology.peers(c.ID)
-		if len(peers) > maxPeers {
-			l.truncated = append(l.truncated, c.ID)
-			peers = peers[:maxPeers]
-		}
+		peers := peersOf[c.ID]
 		var v coschedCpuPeers
 		v.N = uint32(len(peers))
 		for i, p := range peers {
 			v.Cpu[i], v.Kind[i] = uint16(p.cpu), p.kind
+			v.Cell[i] = cells[[2]int{min(c.ID, p.cpu), max(c.ID, p.cpu)}]
 		}
 		if err := o.maps["cpu_peers"].Put(uint32(c.ID), &v); err != nil {
 			return fmt.Errorf("kernel: write peers of CPU %d: %w", c.ID, err)

@@ -19,6 +19,7 @@ type coschedCpuPeers struct {
 	Pad  uint32
 	Cpu  [256]uint16
 	Kind [256]uint8
+	Cell [256]uint32
 }
 
 type coschedCpuState struct {
@@ -64,6 +65,7 @@ const (
 	coschedMapCpuPeers     = "cpu_peers"
 	coschedMapCpuState     = "cpu_state"
 	coschedMapPairs        = "pairs"
+	coschedMapPeerAcct     = "peer_acct"
 	coschedMapThreads      = "threads"
 	coschedMapWatchedBits  = "watched_bits"
 	coschedProgSchedSwitch = "sched_switch"
@@ -122,6 +124,7 @@ type coschedMapSpecs struct {
 	CpuPeers     *ebpf.MapSpec `ebpf:"cpu_peers"`
 	CpuState     *ebpf.MapSpec `ebpf:"cpu_state"`
 	Pairs        *ebpf.MapSpec `ebpf:"pairs"`
+	PeerAcct     *ebpf.MapSpec `ebpf:"peer_acct"`
 	Threads      *ebpf.MapSpec `ebpf:"threads"`
 	WatchedBits  *ebpf.MapSpec `ebpf:"watched_bits"`
 }
@@ -156,6 +159,7 @@ type coschedMaps struct {
 	CpuPeers     *ebpf.Map `ebpf:"cpu_peers"`
 	CpuState     *ebpf.Map `ebpf:"cpu_state"`
 	Pairs        *ebpf.Map `ebpf:"pairs"`
+	PeerAcct     *ebpf.Map `ebpf:"peer_acct"`
 	Threads      *ebpf.Map `ebpf:"threads"`
 	WatchedBits  *ebpf.Map `ebpf:"watched_bits"`
 }
@@ -166,6 +170,7 @@ func (m *coschedMaps) Close() error {
 		m.CpuPeers,
 		m.CpuState,
 		m.Pairs,
+		m.PeerAcct,
 		m.Threads,
 		m.WatchedBits,
 	)

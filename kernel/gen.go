@@ -7,8 +7,9 @@ package kernel
 // TestGeneratedObjectsFresh compares so a changed .bpf.c without a rebuild
 // fails `make test`.
 //
-// Only amd64: the programs read x86 KVM state and x86 pt_regs.
+// Only amd64: the programs read x86 KVM state and x86 pt_regs. cosched
+// needs -mcpu=v3 for its compare-and-swap (Linux 5.12).
 
 //go:generate go tool bpf2go -tags linux -target amd64 -go-package kernel -cflags "-O2 -g -Wall -Werror" buslock buslock.bpf.c
-//go:generate go tool bpf2go -tags linux -target amd64 -go-package kernel -cflags "-O2 -g -Wall -Werror" cosched cosched.bpf.c
+//go:generate go tool bpf2go -tags linux -target amd64 -go-package kernel -cflags "-O2 -g -Wall -Werror -mcpu=v3" cosched cosched.bpf.c
 //go:generate go tool bpf2go -tags linux -target amd64 -go-package kernel -cflags "-O2 -g -Wall -Werror" sampler sampler.bpf.c

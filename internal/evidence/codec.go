@@ -336,6 +336,7 @@ func (s *Snapshot) clone() *Snapshot {
 			c.CoScheduling[i].Overlap = &oc
 		}
 	}
+	c.Gaps = slices.Clone(s.Gaps)
 	c.Trimmed = slices.Clone(s.Trimmed)
 	return &c
 }

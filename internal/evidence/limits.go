@@ -47,6 +47,7 @@ const (
 	maxCoScheduling  = 528 // every pair of maxVMIs
 	maxUnavailable   = 32
 	maxTrimNotes     = 64
+	maxGaps          = 64
 	maxNameLen       = 253
 	maxCommLen       = 64
 	maxPathLen       = 4096
@@ -164,6 +165,7 @@ func (s *Snapshot) Validate() error {
 		v.str(p+".comm", sm.Comm, maxCommLen)
 		v.str(p+".path", sm.Path, maxPathLen)
 		v.str(p+".symbol", sm.Symbol, maxSymbolLen)
+		v.str(p+".via", sm.Via, maxEventLen)
 	}
 	v.count("attribution", len(s.Attribution), maxAttribution)
 	for i, a := range s.Attribution {
@@ -213,6 +215,12 @@ func (s *Snapshot) Validate() error {
 			v.fractions(p+".overlap.smtSibling", o.SMTSibling)
 			v.fractions(p+".overlap.sharedLLC", o.SharedLLC)
 		}
+	}
+	v.count("gaps", len(s.Gaps), maxGaps)
+	for i, g := range s.Gaps {
+		v.str(fmt.Sprintf("gaps[%d].part", i), g.Part, maxEventLen)
+		v.str(fmt.Sprintf("gaps[%d].vmi", i), g.VMI, maxTextLen)
+		v.str(fmt.Sprintf("gaps[%d].reason", i), g.Reason, maxTextLen)
 	}
 	v.count("trimmed", len(s.Trimmed), maxTrimNotes)
 	for i, n := range s.Trimmed {
@@ -536,6 +544,7 @@ func (s *Snapshot) bound() []TrimNote {
 		str(&sm.Comm, maxCommLen)
 		str(&sm.Path, maxPathLen)
 		str(&sm.Symbol, maxSymbolLen)
+		str(&sm.Via, maxEventLen)
 	}
 	s.Attribution = s.Attribution[:capList("attributed VMIs", len(s.Attribution), maxAttribution)]
 	for i := range s.Attribution {
@@ -598,6 +607,12 @@ func (s *Snapshot) bound() []TrimNote {
 				}
 			}
 		}
+	}
+	s.Gaps = s.Gaps[:capList("gaps", len(s.Gaps), maxGaps)]
+	for i := range s.Gaps {
+		str(&s.Gaps[i].Part, maxEventLen)
+		str(&s.Gaps[i].VMI, maxTextLen)
+		str(&s.Gaps[i].Reason, maxTextLen)
 	}
 
 	if clamped > 0 {

@@ -79,6 +79,10 @@ type Snapshot struct {
 	// CoScheduling has one entry per VMI pair that shared the host's
 	// cores or caches.
 	CoScheduling []CoScheduling `json:"coScheduling,omitempty"`
+	// Gaps names the parts the agent could not fill and why (guest
+	// introspection or eBPF unavailable, a timeout), so that a missing
+	// part is never silently empty.
+	Gaps []Gap `json:"gaps,omitempty"`
 	// Trimmed says what Encode dropped to fit the size limit, in the order
 	// it dropped it. Empty when nothing was dropped.
 	Trimmed []TrimNote `json:"trimmed,omitempty"`
@@ -285,6 +289,11 @@ type Sample struct {
 	Path   string `json:"path,omitempty"`
 	Offset Hex    `json:"offset,omitempty"`
 	Symbol string `json:"symbol,omitempty"`
+	// Via says how the process was chosen: "vcpu-history" (the task
+	// introspection saw on the sample's vCPU near the sample's time),
+	// "vcpu" (the task running on it when the snapshot was taken: the
+	// sample's process only if the same task still ran), "pid".
+	Via string `json:"via,omitempty"`
 }
 
 // Attribution sums one VMI's samples per guest program.
@@ -344,6 +353,18 @@ type Overlap struct {
 	StepNs     int64     `json:"stepNs"`
 	SMTSibling []float64 `json:"smtSibling"`
 	SharedLLC  []float64 `json:"sharedLLC"`
+}
+
+// Gap is a part of a snapshot the agent could not fill.
+type Gap struct {
+	// Part names it: processes, samples (their attribution),
+	// coScheduling, hostCPUs.
+	Part string `json:"part"`
+	// VMI is namespace/name when the gap concerns one VMI only.
+	VMI string `json:"vmi,omitempty"`
+	// Reason says why, e.g. "guest introspection unavailable: QEMU pid
+	// 4242 has no QMP socket on its command line".
+	Reason string `json:"reason"`
 }
 
 // TrimNote records one trimming step of Encode.

@@ -489,6 +489,17 @@ func evidenceFacts(f *v1alpha1.ThreatFinding, s *evidence.Snapshot) []Fact {
 			Fact{"Format", fmt.Sprintf("%s v%d", s.Format, s.Version)},
 			Fact{"Content", fmt.Sprintf("%d series, %d samples, %d process lists, %d co-scheduling pairs", len(s.Series), len(s.Samples), len(s.Processes), len(s.CoScheduling))},
 		)
+		if len(s.Gaps) > 0 {
+			gaps := make([]string, 0, len(s.Gaps))
+			for _, g := range s.Gaps {
+				what := g.Part
+				if g.VMI != "" {
+					what += " of " + g.VMI
+				}
+				gaps = append(gaps, what+": "+g.Reason)
+			}
+			out = append(out, Fact{"Not captured", strings.Join(gaps, "; ")})
+		}
 	}
 	return out
 }

@@ -107,12 +107,15 @@ struct cpu_state {
 #define PEER_SMT (1U << 0) /* SMT sibling of the same core */
 #define PEER_LLC (1U << 1) /* shares the last-level cache */
 
-/* The CPUs that share a core or an LLC with one CPU, from sysfs. */
+/* The CPUs that share a core or an LLC with one CPU, from sysfs. cell[i]
+ * indexes peer_acct for the pair of this CPU and cpu[i]: both CPUs of a
+ * pair name the same cell. */
 struct cpu_peers {
 	__u32 n;
 	__u32 pad;
 	__u16 cpu[MAX_PEERS];
 	__u8 kind[MAX_PEERS];
+	__u32 cell[MAX_PEERS];
 };
 
 /* A pair of vCPU threads of different VMIs, tid_a < tid_b. */

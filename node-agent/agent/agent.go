@@ -162,6 +162,8 @@ type Agent struct {
 	streams       map[collect.StreamID]bool
 	kthreads      map[int]collect.StreamID
 	history       map[discovery.VMIRef]*vmiHistory
+	cosched       *coschedHistory
+	captured      map[captureKey]capture
 	unavailable   []string
 	lastNoEvents  string
 	gov           Governance
@@ -173,10 +175,11 @@ type Agent struct {
 
 	lastDrain atomic.Int64
 
-	mu    sync.Mutex
-	stats report.AgentStats
-	lastS uint64
-	lastT time.Time
+	mu           sync.Mutex
+	stats        report.AgentStats
+	sampleReason string
+	lastS        uint64
+	lastT        time.Time
 }
 
 // New makes an agent.
@@ -214,6 +217,7 @@ func New(opts Options) (*Agent, error) {
 		streams:   map[collect.StreamID]bool{},
 		kthreads:  map[int]collect.StreamID{},
 		history:   map[discovery.VMIRef]*vmiHistory{},
+		captured:  map[captureKey]capture{},
 		attrQueue: make(chan attributionJob, 64),
 	}
 	a.feed.a = a
@@ -504,6 +508,7 @@ func (a *Agent) drain() {
 	now := a.clock.Now()
 	a.lastDrain.Store(now.UnixNano())
 	a.readKernelLocks(now)
+	a.readCoScheduling(now)
 	if a.detector != nil {
 		a.handle(a.detector.Advance(now.UnixNano()))
 	}
@@ -516,6 +521,8 @@ func (a *Agent) drain() {
 	s.Samples = max(cs.Samples, bs.Samples)
 	s.LostSamples, s.DroppedSamples, s.DroppedReadings = max(cs.Lost, bs.Lost), bs.DroppedSamples, bs.DroppedReadings
 	s.Readings, s.ReadErrors, s.ThreadsGone, s.FDBudgetRefused = cs.Readings, cs.ReadErrors, cs.ThreadsGone, cs.FDBudgetRefused
+	s.SampleMode, s.LostSlots = cs.SampleMode, cs.LostSlots
+	a.sampleReason = cs.SampleModeReason
 	if len(cs.Unavailable) > 0 {
 		s.UnavailableEvents = len(cs.Unavailable) + len(a.unavailable)
 	} else {
@@ -609,7 +616,7 @@ func (a *Agent) handle(dets []report.Detection) {
 		}
 		d.Evidence.UnavailableSignals = a.unavailableSignals()
 		if a.opts.Evidence {
-			d.Snapshot = a.snapshot(d, a.clock.Now())
+			a.captureEvidence(&d, a.clock.Now())
 		}
 		a.setStats(func(s *report.AgentStats) { s.Detections[d.Type]++ })
 		a.log.Info("detection", "type", d.Type, "victim", d.Victim, "score", d.Score, "suspects", len(d.Suspects))
@@ -621,7 +628,7 @@ func (a *Agent) handle(dets []report.Detection) {
 		case a.attrQueue <- job:
 		default:
 			// Attribution is behind: report without it rather than wait.
-			a.report(job.det)
+			a.report(withoutIntrospection(job, "not captured: the agent's attribution queue was full"))
 		}
 	}
 }
@@ -674,6 +681,7 @@ func (a *Agent) Capabilities() v1alpha1.NodeCapabilities {
 	s := a.Stats()
 	c.VMIs, c.VCPUs = int32(s.VMIs), int32(s.VCPUs)
 	c.FileDescriptors.PerfEvents = uint64(s.PerfFDs)
+	c.Signals = a.withSampleSignal(c.Signals, s.SampleMode)
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		c.FileDescriptors.Open = uint64(len(ents))
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/kernel"
 	"github.com/sidewatch/sidewatch/node-agent/agent"
 	"github.com/sidewatch/sidewatch/node-agent/collect"
 	"github.com/sidewatch/sidewatch/node-agent/collect/perf"
@@ -129,7 +130,7 @@ func rssBytes() uint64 {
 // runLoop runs the real agent loop (discovery from the real /proc, the
 // perf collector, bounded buffers, the real detection engine) over the
 // farm for warmup+measure and reports its CPU share and RSS over measure.
-func runLoop(b *testing.B, vmis int, samplePeriod int64, warmup, measure time.Duration) (cpuPct, rssMiB float64, st collect.Stats, samplesPerSec float64, lost, dropped uint64) {
+func runLoop(b *testing.B, vmis int, samplePeriod int64, sampler perf.KernelSampler, warmup, measure time.Duration) (cpuPct, rssMiB float64, st collect.Stats, samplesPerSec float64, lost, dropped uint64) {
 	b.Helper()
 	var world []discovery.VMI
 	for i := 0; i < vmis; i++ {
@@ -141,6 +142,9 @@ func runLoop(b *testing.B, vmis int, samplePeriod int64, warmup, measure time.Du
 	evs := perf.Software()
 	evs[0].Sample = true
 	col := perf.New(logr.Discard())
+	if sampler != nil {
+		col.UseKernelSampler(sampler, "")
+	}
 	a, err := agent.New(agent.Options{
 		Node: "bench", Log: logr.Discard(), World: newWorld([]v1alpha1.SideChannelPolicy{pol}, world...),
 		ProcRoot: "/proc", Collector: col, Events: evs,
@@ -193,7 +197,7 @@ func BenchmarkAgent100VCPUs(b *testing.B) {
 	for b.Loop() {
 		// task_clock sampled every 1 ms of vCPU time: ~1,000 samples/s
 		// over the farm's ~1 core-second per second.
-		cpu, rss, st, sps, lost, dropped := runLoop(b, vmis, 1_000_000, 5*time.Second, 20*time.Second)
+		cpu, rss, st, sps, lost, dropped := runLoop(b, vmis, 1_000_000, nil, 5*time.Second, 20*time.Second)
 		if st.Threads != vmis*vcpus || st.PerfFDs != 4*vmis*vcpus {
 			b.Fatalf("collector watched %d threads with %d fds, want %d and %d", st.Threads, st.PerfFDs, vmis*vcpus, 4*vmis*vcpus)
 		}
@@ -215,11 +219,29 @@ func BenchmarkAgent100VCPUs(b *testing.B) {
 // Reports the rate drained, the samples the kernel lost (ring full) plus
 // those the buffers dropped, and the agent's CPU share.
 func BenchmarkAgentSampleDrain(b *testing.B) {
+	b.Run("ring", func(b *testing.B) { benchSampleDrain(b, nil) })
+	b.Run("kernel", func(b *testing.B) {
+		l, err := kernel.Load(context.Background(), kernel.Options{})
+		if err != nil {
+			b.Skipf("eBPF sampler not loadable here: %v", err)
+		}
+		defer l.Close()
+		benchSampleDrain(b, l)
+	})
+}
+
+// benchSampleDrain drains the samples through rings (sampler nil) or the
+// in-kernel sampler's bins.
+func benchSampleDrain(b *testing.B, sampler perf.KernelSampler) {
 	f := startFarm(b, "bench", "vm00", 4, 0.75)
 	defer f.stop()
 	waitVCPUs(b, 4)
 	for b.Loop() {
-		cpu, rss, st, sps, lost, dropped := runLoop(b, 1, 15_000, 3*time.Second, 10*time.Second)
+		cpu, rss, st, sps, lost, dropped := runLoop(b, 1, 15_000, sampler, 3*time.Second, 10*time.Second)
+		if sampler != nil && st.SampleMode != collect.SampleModeKernel {
+			b.Fatalf("sample mode %q (%s), want the kernel sampler", st.SampleMode, st.SampleModeReason)
+		}
+		b.ReportMetric(float64(st.LostSlots), "kernel-slots-lost")
 		b.ReportMetric(sps, "samples/s")
 		b.ReportMetric(float64(lost), "kernel-lost")
 		b.ReportMetric(float64(dropped), "buffer-dropped")

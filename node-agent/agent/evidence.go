@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
@@ -13,10 +14,15 @@ import (
 
 // What the agent remembers per VMI for evidence snapshots: the counter
 // series (summed over the VMI's vCPUs, one bin per collection interval)
-// and the latest sampled guest addresses.
+// and sampled guest addresses over the same 30 s, at most samplesPerBin per
+// bin, so that the samples around a detection's onset are still there when
+// the detection comes (seconds later), whatever the sample rate.
 const (
-	historyBins = 300  // 30 s at 100 ms
-	sampleRing  = 1024 // samples per VMI
+	historyBins   = 300 // 30 s at 100 ms
+	samplesPerBin = 8   // sampled addresses kept per VMI and bin
+	// snapshotSamples is how many samples per VMI a snapshot carries, those
+	// nearest the onset, each attributed by introspection.
+	snapshotSamples = 512
 )
 
 // eventHistory is one counter of one VMI, binned.
@@ -50,13 +56,72 @@ type recentSample struct {
 
 const branchEvent = 255
 
+// sampleStore keeps, per history bin, a uniform random choice of at most
+// samplesPerBin of the bin's samples (reservoir sampling): a fixed 60 KiB
+// per VMI that samples guest addresses, whatever its rate.
+type sampleStore struct {
+	s    [historyBins * samplesPerBin]recentSample
+	bin  [historyBins]int64  // the bin each group holds; -1: none
+	seen [historyBins]uint32 // samples offered to the group's bin
+	head int64               // newest bin
+	rng  uint64
+}
+
+func newSampleStore() *sampleStore {
+	st := &sampleStore{head: -1, rng: 0x9e3779b97f4a7c15}
+	for i := range st.bin {
+		st.bin[i] = -1
+	}
+	return st
+}
+
+func (st *sampleStore) add(idx int64, x recentSample) {
+	if idx < 0 || idx <= st.head-historyBins {
+		return // older than what is kept
+	}
+	g := idx % historyBins
+	if st.bin[g] != idx {
+		if st.bin[g] > idx {
+			return
+		}
+		st.bin[g], st.seen[g] = idx, 0
+	}
+	st.seen[g]++
+	j := st.seen[g] - 1
+	if j >= samplesPerBin {
+		// Keep each of the bin's samples with equal probability.
+		st.rng ^= st.rng << 13
+		st.rng ^= st.rng >> 7
+		st.rng ^= st.rng << 17
+		if j = uint32(st.rng % uint64(st.seen[g])); j >= samplesPerBin {
+			return
+		}
+	}
+	st.s[g*samplesPerBin+int64(j)] = x
+	st.head = max(st.head, idx)
+}
+
+// each calls f for every sample kept, bin by bin (not in time order).
+func (st *sampleStore) each(f func(recentSample)) {
+	if st == nil {
+		return
+	}
+	for g := range historyBins {
+		if st.bin[g] < 0 || st.bin[g] <= st.head-historyBins {
+			continue
+		}
+		for _, x := range st.s[g*samplesPerBin : g*samplesPerBin+int(min(st.seen[g], samplesPerBin))] {
+			f(x)
+		}
+	}
+}
+
 // vmiHistory is one VMI's memory.
 type vmiHistory struct {
 	binNS   int64
 	events  []string
 	series  []*eventHistory
-	samples [sampleRing]recentSample
-	next, n int
+	samples *sampleStore // allocated with the first guest sample
 }
 
 func newVMIHistory(binNS int64) *vmiHistory { return &vmiHistory{binNS: binNS} }
@@ -88,27 +153,27 @@ func (h *vmiHistory) addSample(t int64, vcpu int, ev string, ip uint64) {
 			idx = i
 		}
 	}
-	h.samples[h.next] = recentSample{t: t, ip: ip, vcpu: int32(vcpu), ev: uint8(idx)}
-	h.next = (h.next + 1) % sampleRing
-	if h.n < sampleRing {
-		h.n++
+	if h.samples == nil {
+		h.samples = newSampleStore()
 	}
+	h.samples.add(t/h.binNS, recentSample{t: t, ip: ip, vcpu: int32(vcpu), ev: uint8(idx)})
 }
 
-// topAddrs returns the k most sampled addresses, most samples first, each
-// with the vCPU and time of its latest sample.
+// topAddrs returns the k most sampled addresses among the samples kept,
+// most samples first, each with the vCPU and time of its latest sample.
 func (h *vmiHistory) topAddrs(k int) []AddrCount {
-	byAddr := make(map[uint64]*AddrCount, h.n)
-	for i := 0; i < h.n; i++ {
-		x := h.samples[(h.next-h.n+i+sampleRing)%sampleRing] // oldest first
+	byAddr := map[uint64]*AddrCount{}
+	h.samples.each(func(x recentSample) {
 		ac := byAddr[x.ip]
 		if ac == nil {
 			ac = &AddrCount{Addr: x.ip}
 			byAddr[x.ip] = ac
 		}
 		ac.Samples++
-		ac.VCPU, ac.At = int(x.vcpu), time.Unix(0, x.t)
-	}
+		if t := time.Unix(0, x.t); t.After(ac.At) || ac.Samples == 1 {
+			ac.VCPU, ac.At = int(x.vcpu), t
+		}
+	})
 	out := make([]AddrCount, 0, len(byAddr))
 	for _, ac := range byAddr {
 		out = append(out, *ac)
@@ -125,9 +190,72 @@ func (h *vmiHistory) topAddrs(k int) []AddrCount {
 	return out[:min(k, len(out))]
 }
 
+// nearOnset returns the guest samples kept (not branch targets) nearest
+// onsetNS, at most n, in time order.
+func (h *vmiHistory) nearOnset(onsetNS int64, n int) []recentSample {
+	var all []recentSample
+	h.samples.each(func(x recentSample) {
+		if x.ev != branchEvent && x.ip != 0 {
+			all = append(all, x)
+		}
+	})
+	if len(all) > n {
+		dist := func(x recentSample) int64 { return max(x.t-onsetNS, onsetNS-x.t) }
+		slices.SortFunc(all, func(x, y recentSample) int { return cmp.Compare(dist(x), dist(y)) })
+		all = all[:n]
+	}
+	slices.SortFunc(all, func(x, y recentSample) int { return cmp.Compare(x.t, y.t) })
+	return all
+}
+
+// captureKey names the finding a detection goes to: one per victim and
+// type while active (report.FindingWriter).
+type captureKey struct {
+	victim discovery.VMIRef
+	typ    v1alpha1.ThreatType
+}
+
+// capture is the last snapshot taken for a finding.
+type capture struct {
+	at       time.Time
+	severity int
+}
+
+// recapture is how long a finding's snapshot stands before a new detection
+// of the same severity gets its own.
+const recapture = 30 * time.Second
+
+// captureEvidence gives a detection an evidence snapshot when the finding
+// writer may store it: the finding writer stores the snapshot of the
+// strongest detection when it creates a finding and when its severity
+// rises. Completing a snapshot reads guest memory (process lists, the
+// attribution of every sample), so the other detections of an ongoing
+// attack get none: merging keeps the snapshot already taken. A snapshot is
+// taken again after recapture, so a finding opened anew (the old one
+// resolved) gets one too.
+func (a *Agent) captureEvidence(d *report.Detection, now time.Time) {
+	k := captureKey{discovery.VMIRef(d.Victim), d.Type}
+	rank := d.Severity.Rank()
+	if c, ok := a.captured[k]; ok && rank <= c.severity && now.Sub(c.at) < recapture {
+		return
+	}
+	if len(a.captured) >= 4096 {
+		for ck, c := range a.captured {
+			if now.Sub(c.at) >= recapture {
+				delete(a.captured, ck)
+			}
+		}
+	}
+	a.captured[k] = capture{at: now, severity: rank}
+	d.Snapshot = a.snapshot(*d, now)
+}
+
 // snapshot builds the evidence snapshot of a detection from what the
 // agent remembers: the VMIs, the host, the counter series and samples of
-// the victim and suspects, the detector's figures.
+// the victim and suspects, the detector's figures, the co-scheduling of
+// every pair of them. What needs guest memory (process lists, each
+// sample's attribution, host CPUs) is added off the loop, by
+// completeSnapshot.
 func (a *Agent) snapshot(d report.Detection, now time.Time) *evidence.Snapshot {
 	onset := d.FirstSeen
 	if onset.IsZero() {
@@ -164,6 +292,11 @@ func (a *Agent) snapshot(d report.Detection, now time.Time) *evidence.Snapshot {
 		}{discovery.VMIRef{Namespace: sus.Namespace, Name: sus.Name}, string(sus.UID), role})
 	}
 	onsetNS := onset.UnixNano()
+	keys := make([]string, 0, len(involved))
+	for _, v := range involved {
+		keys = append(keys, v.ref.Namespace+"/"+v.ref.Name)
+	}
+	a.coScheduling(s, keys, now)
 	for _, v := range involved {
 		key := v.ref.Namespace + "/" + v.ref.Name
 		vcpus := int32(0)
@@ -195,14 +328,10 @@ func (a *Agent) snapshot(d report.Detection, now time.Time) *evidence.Snapshot {
 				StartNs: first*h.binNS - onsetNS, StepNs: h.binNS, Values: vals,
 			})
 		}
-		for i := 0; i < h.n; i++ {
-			x := h.samples[(h.next-h.n+i+sampleRing)%sampleRing]
+		for _, x := range h.nearOnset(onsetNS, snapshotSamples) {
 			ev := v1alpha1.CounterEvent("")
 			if int(x.ev) < len(h.events) {
 				ev = v1alpha1.CounterEvent(h.events[x.ev])
-			}
-			if x.ev == branchEvent || x.ip == 0 {
-				continue
 			}
 			s.Samples = append(s.Samples, evidence.Sample{VMI: key, VCPU: x.vcpu, TNs: x.t - onsetNS, Event: ev, RIP: evidence.Hex(x.ip)})
 		}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
+	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/node-agent/detect"
 	"github.com/sidewatch/sidewatch/node-agent/introspect"
 	"github.com/sidewatch/sidewatch/node-agent/report"
@@ -202,9 +203,9 @@ func (in *Introspector) Resolve(vmi detect.VMIRef, rip uint64) (trace.GuestRegio
 	return r, r.End > r.Start
 }
 
-// Attribute implements Attributor: the guest programs the sampled addresses
-// belong to, most samples first.
-func (in *Introspector) Attribute(ctx context.Context, vmi report.VMIRef, qemuPID int, addrs []AddrCount) ([]v1alpha1.GuestProgram, error) {
+// attached returns the VMI's open guest, waiting a little (within ctx) for
+// one being opened.
+func (in *Introspector) attached(ctx context.Context, vmi report.VMIRef, qemuPID int) (*introspect.Guest, error) {
 	in.mu.Lock()
 	if e := in.guests[vmi]; e == nil || e.pid != qemuPID {
 		in.mu.Unlock()
@@ -213,26 +214,39 @@ func (in *Introspector) Attribute(ctx context.Context, vmi report.VMIRef, qemuPI
 		in.mu.Unlock()
 	}
 	g := in.guest(vmi)
-	if g == nil {
-		// Wait a little for a guest being opened for this detection.
-		deadline := time.Now().Add(5 * time.Second)
-		for g == nil && time.Now().Before(deadline) && ctx.Err() == nil {
-			time.Sleep(100 * time.Millisecond)
-			in.mu.Lock()
-			e := in.guests[vmi]
-			if e != nil && !e.opening && e.err != nil {
-				err := e.err
-				in.mu.Unlock()
-				return nil, err
-			}
-			if e != nil {
-				g = e.g
-			}
+	if g != nil {
+		return g, nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest introspection of %s: not attached yet: %w", vmi, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		in.mu.Lock()
+		e := in.guests[vmi]
+		if e != nil && !e.opening && e.err != nil {
+			err := e.err
 			in.mu.Unlock()
+			return nil, fmt.Errorf("guest introspection of %s unavailable: %w", vmi, err)
 		}
-		if g == nil {
-			return nil, fmt.Errorf("guest of %s not attached yet", vmi)
+		if e != nil && e.g != nil {
+			g := e.g
+			in.mu.Unlock()
+			return g, nil
 		}
+		in.mu.Unlock()
+	}
+	return nil, fmt.Errorf("guest introspection of %s: not attached yet", vmi)
+}
+
+// Attribute implements Attributor: the guest programs the sampled addresses
+// belong to, most samples first.
+func (in *Introspector) Attribute(ctx context.Context, vmi report.VMIRef, qemuPID int, addrs []AddrCount) ([]v1alpha1.GuestProgram, error) {
+	g, err := in.attached(ctx, vmi, qemuPID)
+	if err != nil {
+		return nil, err
 	}
 	type key struct {
 		pid  int
@@ -282,6 +296,118 @@ func (in *Introspector) Attribute(ctx context.Context, vmi report.VMIRef, qemuPI
 		return cmp.Compare(a.Path, b.Path)
 	})
 	return out[:min(len(out), maxGuestPrograms)], nil
+}
+
+// maxLibraries bounds the libraries listed per guest process in a
+// snapshot (the evidence format's own cap).
+const maxLibraries = 256
+
+// GuestProcesses implements GuestProcessLister: the guest's processes
+// (kernel threads included) with, for user processes, the executable and
+// the other files mapped executable (libraries), in pid order. On a
+// timeout or an unreadable memory map the processes read so far come back
+// with the error.
+func (in *Introspector) GuestProcesses(ctx context.Context, vmi report.VMIRef, qemuPID int) ([]evidence.Process, error) {
+	g, err := in.attached(ctx, vmi, qemuPID)
+	if err != nil {
+		return nil, err
+	}
+	procs, err := g.Processes(ctx)
+	if err != nil && len(procs) == 0 {
+		return nil, fmt.Errorf("guest processes of %s: %w", vmi, err)
+	}
+	slices.SortFunc(procs, func(a, b introspect.Process) int { return cmp.Compare(a.PID, b.PID) })
+	out := make([]evidence.Process, 0, len(procs))
+	var mapErrs int
+	var firstErr error
+	for i, p := range procs {
+		if cerr := ctx.Err(); cerr != nil {
+			return out, fmt.Errorf("guest processes of %s: listed %d of %d before the deadline: %w", vmi, i, len(procs), cerr)
+		}
+		ep := evidence.Process{PID: int32(p.PID), PPID: int32(p.PPID), Comm: p.Comm}
+		if !p.Kernel {
+			maps, merr := g.Maps(ctx, p.PID)
+			if merr != nil {
+				mapErrs++
+				if firstErr == nil {
+					firstErr = fmt.Errorf("pid %d: %w", p.PID, merr)
+				}
+			}
+			ep.Exe, ep.Libraries = exeAndLibraries(maps)
+		}
+		out = append(out, ep)
+	}
+	if mapErrs > 0 {
+		return out, fmt.Errorf("guest processes of %s: %d memory maps unreadable, e.g. %w", vmi, mapErrs, firstErr)
+	}
+	return out, err
+}
+
+// exeAndLibraries reads a process's executable and libraries off its
+// memory map: the executable is the file mapped lowest (the kernel maps it
+// before the interpreter and libraries, as /proc/<pid>/exe would say), the
+// libraries every other file mapped executable, in address order.
+func exeAndLibraries(maps []introspect.Mapping) (string, []string) {
+	exe := ""
+	var libs []string
+	for _, m := range maps {
+		if m.Path == "" || strings.HasPrefix(m.Path, "[") {
+			continue
+		}
+		if exe == "" {
+			exe = m.Path
+			continue
+		}
+		if m.Path != exe && strings.Contains(m.Perms, "x") && !slices.Contains(libs, m.Path) && len(libs) < maxLibraries {
+			libs = append(libs, m.Path)
+		}
+	}
+	return exe, libs
+}
+
+// AttributeSamples implements SampleAttributor: each sample's address on
+// its vCPU at its time. Identical queries are resolved once. A sample that
+// cannot be placed keeps its address only.
+func (in *Introspector) AttributeSamples(ctx context.Context, vmi report.VMIRef, qemuPID int, onset time.Time, samples []evidence.Sample) error {
+	g, err := in.attached(ctx, vmi, qemuPID)
+	if err != nil {
+		return err
+	}
+	type key struct {
+		addr uint64
+		vcpu int32
+	}
+	type result struct {
+		a   introspect.Attribution
+		err error
+	}
+	memo := map[key]result{}
+	failed := 0
+	var firstErr error
+	for i := range samples {
+		sm := &samples[i]
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("attributed %d of %d samples before the deadline: %w", i, len(samples), cerr)
+		}
+		k := key{uint64(sm.RIP), sm.VCPU}
+		r, ok := memo[k]
+		if !ok {
+			r.a, r.err = g.Resolve(ctx, introspect.Query{Address: uint64(sm.RIP), VCPU: int(sm.VCPU), At: onset.Add(time.Duration(sm.TNs))})
+			memo[k] = r
+		}
+		if r.err != nil || r.a.Path == "" {
+			failed++
+			if firstErr == nil && r.err != nil {
+				firstErr = r.err
+			}
+			continue
+		}
+		sm.PID, sm.Comm, sm.Path, sm.Offset, sm.Symbol, sm.Via = int32(r.a.PID), clip(r.a.Comm, 64), clip(r.a.Path, 4096), evidence.Hex(r.a.Offset), clip(r.a.Symbol, 512), r.a.Via
+	}
+	if failed > 0 && firstErr != nil {
+		return fmt.Errorf("%d of %d samples not attributed, e.g. %w", failed, len(samples), firstErr)
+	}
+	return nil
 }
 
 func clip(s string, n int) string {

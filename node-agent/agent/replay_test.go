@@ -109,6 +109,11 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 	if err != nil {
 		t.Fatalf("evidence: %v", err)
 	}
+	// The annotation follows the ConfigMap: read the finding again.
+	for deadline := time.Now().Add(5 * time.Second); got.Annotations[evidence.AnnotationRef] == "" && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		_ = k8s.Get(context.Background(), client.ObjectKeyFromObject(got), got)
+	}
 	if cm.Labels[v1alpha1.LabelNode] != "n1" || got.Annotations[evidence.AnnotationRef] == "" {
 		t.Errorf("evidence ConfigMap labels %v, finding annotations %v", cm.Labels, got.Annotations)
 	}

@@ -231,7 +231,25 @@ type Stats struct {
 	// requested but unavailable, BranchStackReason says why.
 	BranchStack       bool
 	BranchStackReason string
+	// SampleMode is how overflow samples reach the agent: SampleModeRing
+	// (a perf ring buffer per vCPU, one record per sample) or
+	// SampleModeKernel (binned in the kernel by the eBPF sampler and read
+	// at each interval); "" when nothing is sampled. SampleModeReason says
+	// why rings are used.
+	SampleMode, SampleModeReason string
+	// KernelSampled counts the sampling events binned in the kernel.
+	KernelSampled int
+	// LostSlots counts time slots of in-kernel sample timelines that were
+	// overwritten before a read (the interval exceeded the timelines'
+	// span); the samples in them are missing.
+	LostSlots uint64
 }
+
+// Sample modes (Stats.SampleMode).
+const (
+	SampleModeRing   = "ring"
+	SampleModeKernel = "kernel"
+)
 
 // Collector measures vCPU threads.
 type Collector interface {

@@ -32,6 +32,12 @@ type AgentStats struct {
 	HeartbeatFailures uint64
 	// LastHeartbeat is a Unix time in seconds, 0 before the first.
 	LastHeartbeat float64
+	// SampleMode is how overflow samples reach the agent: "kernel"
+	// (binned by the eBPF sampler, read at each interval) or "ring" (perf
+	// ring buffers); "" when nothing is sampled. LostSlots counts time
+	// slots of the kernel's sample timelines overwritten before a read.
+	SampleMode string
+	LostSlots  uint64
 }
 
 // Metrics exposes AgentStats, plus the process's CPU seconds, RSS and
@@ -82,13 +88,15 @@ var (
 	descActive        = desc("active_findings", "Findings the agent is following.")
 	descHBFailures    = desc("heartbeat_failures_total", "Failed heartbeat renewals.")
 	descHBLast        = desc("heartbeat_last_success_timestamp_seconds", "Unix time of the last successful heartbeat.")
+	descSampleMode    = desc("sample_mode", "1 for the way overflow samples reach the agent: kernel (binned by the eBPF sampler, read at each interval) or ring (a perf ring buffer per vCPU).", "mode")
+	descLostSlots     = desc("sample_slots_lost_total", "Time slots of the kernel's sample timelines overwritten before the agent read them.")
 )
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMonitorable, descVMIs, descVCPUs, descUnresolved, descPerfFDs, descPerfGroups,
 		descSamples, descSampleRate, descLost, descDropped, descReadings, descReadErrors, descThreadsGone, descFDRefused,
-		descUnavailable, descDetections, descFindingWrites, descActive, descHBFailures, descHBLast} {
+		descUnavailable, descDetections, descFindingWrites, descActive, descHBFailures, descHBLast, descSampleMode, descLostSlots} {
 		ch <- d
 	}
 }
@@ -135,4 +143,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	g(descActive, float64(s.ActiveFindings))
 	c(descHBFailures, s.HeartbeatFailures)
 	g(descHBLast, s.LastHeartbeat)
+	for _, m := range []string{"kernel", "ring"} {
+		v := 0.0
+		if s.SampleMode == m {
+			v = 1
+		}
+		g(descSampleMode, v, m)
+	}
+	c(descLostSlots, s.LostSlots)
 }

@@ -48,6 +48,9 @@ type Collector struct {
 	branch       int
 	branchReason string
 
+	// ks, when set, aggregates samples in the kernel (kernelbins_linux.go).
+	ks kernelState
+
 	epfd, wakefd int
 	closed       bool
 	running      atomic.Bool
@@ -72,6 +75,13 @@ type vcpu struct {
 	tid    int
 	groups []*group
 	ring   *ring
+	// pollfd is the descriptor in the epoll set: the ring's, or without
+	// a ring the first group leader's (it hangs up when the thread exits),
+	// whose control page hup maps.
+	pollfd int
+	hup    []byte
+	// binned are the sampling events whose samples the kernel bins.
+	binned []binnedEvent
 	// sampled maps a sampling event's perf id to its name.
 	sampled map[uint64]string
 	last    int64
@@ -105,6 +115,7 @@ func New(log logr.Logger) *Collector {
 	return &Collector{
 		log: log, threads: map[collect.StreamID]*vcpu{}, byKey: map[uint64]*vcpu{},
 		gone: map[int]bool{}, ringPages: map[int]int{}, unavailable: map[string]string{}, epfd: -1, wakefd: -1,
+		ks: kernelState{streams: map[uint16]*kstream{}},
 	}
 }
 
@@ -292,7 +303,9 @@ func (c *Collector) openVCPULocked(t collect.Thread) (_ *vcpu, err error) {
 		if _, bad := c.unavailable[ev.Name]; bad {
 			continue
 		}
-		branch := ev.Sample && c.branch >= 0
+		// Samples binned in the kernel carry no branch stack: do not make
+		// the PMU record one.
+		branch := ev.Sample && c.branch >= 0 && !c.ks.wanted()
 		leader := -1
 		if cur != nil {
 			leader = cur.fds[0]
@@ -340,17 +353,29 @@ func (c *Collector) openVCPULocked(t collect.Thread) (_ *vcpu, err error) {
 				return nil, fmt.Errorf("PERF_EVENT_IOC_ID: %w", err)
 			}
 			v.sampled[id] = ev.Name
-			if err := c.attachRing(v, fd); err != nil {
-				return nil, err
+			if !c.attachKernelLocked(v, fd, ev.Name) {
+				if err := c.attachRing(v, fd); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
 	if len(v.groups) == 0 {
 		return nil, errNoEvents
 	}
+	// The ring wakes the poller with samples and hangs up when the thread
+	// exits. Without one (nothing sampled, or samples binned in the
+	// kernel), the first group leader gets a ring of just its control page
+	// (perf polls an event without a ring as hung up) to tell the exit.
 	if v.ring != nil {
+		v.pollfd = v.ring.fd
+	} else if mem, err := unix.Mmap(v.groups[0].fds[0], 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		v.hup, v.pollfd = mem, v.groups[0].fds[0]
+	}
+	if v.pollfd > 0 {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(uint32(v.key)), Pad: int32(uint32(v.key >> 32))}
-		if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, v.ring.fd, &ev); err != nil {
+		if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, v.pollfd, &ev); err != nil {
+			v.pollfd = 0
 			return nil, fmt.Errorf("epoll add: %w", err)
 		}
 	}
@@ -417,8 +442,9 @@ func errnoReason(err error) string {
 }
 
 func (c *Collector) closeVCPULocked(v *vcpu) {
-	if v.ring != nil {
-		_ = unix.EpollCtl(c.epfd, unix.EPOLL_CTL_DEL, v.ring.fd, nil)
+	if v.pollfd > 0 {
+		_ = unix.EpollCtl(c.epfd, unix.EPOLL_CTL_DEL, v.pollfd, nil)
+		v.pollfd = 0
 	}
 	c.releaseVCPULocked(v)
 	delete(c.threads, v.stream)
@@ -426,6 +452,12 @@ func (c *Collector) closeVCPULocked(v *vcpu) {
 }
 
 func (c *Collector) releaseVCPULocked(v *vcpu) {
+	// The eBPF link holds its own reference to the event: unlink first.
+	c.detachKernelLocked(v)
+	if v.hup != nil {
+		_ = unix.Munmap(v.hup)
+		v.hup = nil
+	}
 	if v.ring != nil {
 		_ = unix.Munmap(v.ring.mem)
 		v.ring = nil
@@ -537,7 +569,9 @@ func (c *Collector) Start(ctx context.Context, sink collect.Sink) error {
 			if v == nil {
 				continue // closed after epoll_wait returned
 			}
-			c.drainLocked(v, sink, monoOffset)
+			if v.ring != nil {
+				c.drainLocked(v, sink, monoOffset)
+			}
 			if events[i].Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				// The thread exited: its events are dead. Close now
 				// rather than at the next discovery pass.
@@ -684,13 +718,15 @@ func (c *Collector) growRingsLocked() {
 	}
 }
 
-// tickLocked drains every ring, then reads every group.
+// tickLocked drains every ring and the kernel's sample bins, then reads
+// every group.
 func (c *Collector) tickLocked(sink collect.Sink, now int64, monoOffset int64) {
 	for _, v := range c.threads {
 		if v.ring != nil {
 			c.drainLocked(v, sink, monoOffset)
 		}
 	}
+	c.readBinsLocked(sink)
 	for _, v := range c.threads {
 		c.readLocked(v, sink, now)
 	}
@@ -802,13 +838,15 @@ func (c *Collector) Stats() collect.Stats {
 	for k, v := range c.unavailable {
 		un[k] = v
 	}
-	return collect.Stats{
+	st := collect.Stats{
 		Threads: len(c.threads), PerfFDs: c.fds, Groups: groups, RingBytes: ringBytes,
 		Samples: c.samples.Load(), Lost: c.lost.Load(), Throttled: c.throttled.Load(),
 		Readings: c.readings.Load(), ReadErrors: c.readErrs.Load(), ThreadsGone: c.threadsGone.Load(),
 		FDBudgetRefused: c.refused.Load(), RingGrowths: c.ringGrowths.Load(), Unavailable: un,
 		BranchStack: c.branch == 1, BranchStackReason: c.branchReason,
 	}
+	c.kernelStatsLocked(&st)
+	return st
 }
 
 // Close implements collect.Collector: it stops the poller and closes every

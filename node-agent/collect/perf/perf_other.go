@@ -27,3 +27,6 @@ func (*Collector) SetThreads([]collect.Thread) error         { return collect.Er
 func (*Collector) Start(context.Context, collect.Sink) error { return collect.ErrNotSupported }
 func (*Collector) Stats() collect.Stats                      { return collect.Stats{} }
 func (*Collector) Close() error                              { return nil }
+
+// UseKernelSampler does nothing off Linux.
+func (*Collector) UseKernelSampler(KernelSampler, string) {}
