@@ -82,6 +82,39 @@ type Suspect struct {
 	// +listType=atomic
 	// +optional
 	Guest []GuestProgram `json:"guest,omitempty"`
+	// coScheduling is how much the suspect shared hardware with the victim
+	// while the evidence accrued, as the node's eBPF sched_switch program
+	// measured it, and the weight that put on the suspect's score. Absent
+	// where co-scheduling is not measured.
+	// +optional
+	CoScheduling *SuspectCoScheduling `json:"coScheduling,omitempty"`
+}
+
+// SuspectCoScheduling is the co-scheduling of a suspect's and the victim's
+// vCPU threads over the detection's evidence window.
+type SuspectCoScheduling struct {
+	// window is the span measured.
+	Window metav1.Duration `json:"window"`
+	// sharedLLC is the fraction of the window (0..1) in which vCPUs of
+	// both ran at once on CPUs sharing a last-level cache.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1
+	SharedLLC float64 `json:"sharedLLC"`
+	// smtSiblings is the fraction of the window (0..1) in which they ran
+	// at once on SMT siblings of one core (sharing L1 and L2).
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1
+	SMTSiblings float64 `json:"smtSiblings"`
+	// handovers counts how often one took a CPU over right after the
+	// other ran there (time-sliced sharing of that CPU's caches).
+	// +kubebuilder:validation:Minimum=0
+	Handovers int64 `json:"handovers"`
+	// weight (0..1) is the factor applied to the suspect's score: 1 when
+	// the two shared the hardware the attack needs, less the less they
+	// did.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1
+	Weight float64 `json:"weight"`
 }
 
 // EventRate is one VMI's rate of one counter event around the onset.

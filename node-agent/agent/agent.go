@@ -615,6 +615,7 @@ func (a *Agent) handle(dets []report.Detection) {
 			d.Suspects[i].UID = a.uid(discovery.VMIRef{Namespace: d.Suspects[i].Namespace, Name: d.Suspects[i].Name})
 		}
 		d.Evidence.UnavailableSignals = a.unavailableSignals()
+		a.weighByColocation(&d)
 		if a.opts.Evidence {
 			a.captureEvidence(&d, a.clock.Now())
 		}

@@ -1,12 +1,19 @@
 package agent
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/sidewatch/sidewatch/api/v1alpha1"
 	"github.com/sidewatch/sidewatch/internal/evidence"
 	"github.com/sidewatch/sidewatch/kernel"
+	"github.com/sidewatch/sidewatch/node-agent/detect"
+	"github.com/sidewatch/sidewatch/node-agent/report"
 )
 
 // coScheduler is the part of kernel.Loader that measures co-scheduling.
@@ -195,4 +202,73 @@ func (a *Agent) coschedUnavailable() string {
 		return "no vCPU thread was registered with the eBPF co-scheduling program yet"
 	}
 	return ""
+}
+
+// colocation sums a VMI pair's co-scheduling over the history bins that
+// fall in [fromNS, toNS]; WindowNS 0 when none does.
+func (h *coschedHistory) colocation(x, y string, fromNS, toNS int64) detect.Colocation {
+	first := max(fromNS, h.since) / h.stepNS
+	last := toNS / h.stepNS
+	var c detect.Colocation
+	if last < first {
+		return c
+	}
+	c.WindowNS = (last - first + 1) * h.stepNS
+	p := h.pairs[[2]string{min(x, y), max(x, y)}]
+	if p == nil {
+		return c
+	}
+	for idx := max(first, p.head-historyBins+1); idx <= min(last, p.head); idx++ {
+		j := idx % historyBins
+		c.SMTSiblingNS += min(int64(p.smt[j])*1000, h.stepNS)
+		c.SharedLLCNS += min(int64(p.llc[j])*1000, h.stepNS)
+		c.Handovers += int64(p.ho[j])
+	}
+	return c
+}
+
+// weighByColocation weighs each suspect's score by how much it shared the
+// victim's hardware while the evidence accrued (detect.ColocationWeight),
+// records the figures on the suspect and ranks the suspects again. The
+// detection's own score follows its best-placed suspect: a cache attack
+// whose every suspect never shared a cache with the victim is implausible,
+// and its severity drops with its score. Nothing changes where
+// co-scheduling is not measured.
+func (a *Agent) weighByColocation(d *report.Detection) {
+	h := a.cosched
+	if h == nil || len(d.Suspects) == 0 || a.coschedUnavailable() != "" {
+		return
+	}
+	to := d.Time.UnixNano()
+	from := min(d.FirstSeen.UnixNano(), to)
+	if d.Evidence.Window != nil {
+		from -= d.Evidence.Window.Duration.Nanoseconds()
+	}
+	victim := d.Victim.Namespace + "/" + d.Victim.Name
+	best := 0.0
+	for i := range d.Suspects {
+		s := &d.Suspects[i]
+		c := h.colocation(victim, s.Namespace+"/"+s.Name, from, to)
+		w, why := detect.ColocationWeight(d.Type, c)
+		best = max(best, w)
+		if c.WindowNS == 0 {
+			best = 1 // one suspect unmeasured: no grounds to doubt the detection
+			continue
+		}
+		win := float64(c.WindowNS)
+		s.Score *= w
+		s.CoScheduling = &v1alpha1.SuspectCoScheduling{
+			Window:    metav1.Duration{Duration: time.Duration(c.WindowNS)},
+			SharedLLC: min(float64(c.SharedLLCNS)/win, 1), SMTSiblings: min(float64(c.SMTSiblingNS)/win, 1),
+			Handovers: c.Handovers, Weight: w,
+		}
+		if w < 1 {
+			a.log.Info("suspect weighed down by co-scheduling", "type", d.Type, "victim", victim, "suspect", s.Namespace+"/"+s.Name, "weight", w, "why", why)
+		}
+	}
+	slices.SortStableFunc(d.Suspects, func(x, y v1alpha1.Suspect) int { return cmp.Compare(y.Score, x.Score) })
+	if best < 1 {
+		d.Score *= best
+		d.Severity = v1alpha1.SeverityForScore(d.Score)
+	}
 }

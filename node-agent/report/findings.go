@@ -230,6 +230,9 @@ func mergeSuspects(a, b []v1alpha1.Suspect) []v1alpha1.Suspect {
 		if s.UID != "" {
 			out[i].UID = s.UID
 		}
+		if s.CoScheduling != nil {
+			out[i].CoScheduling = s.CoScheduling // the latest window's
+		}
 	}
 	slices.SortStableFunc(out, func(x, y v1alpha1.Suspect) int { return cmp.Compare(y.Score, x.Score) })
 	if len(out) > maxSuspects {
