@@ -86,9 +86,11 @@ type vcpu struct {
 	sampled map[uint64]string
 	last    int64
 	pid     int
-	// lost is set when the kernel dropped samples of this thread: its
-	// ring is too small for its rate and is reopened twice as large.
-	lost bool
+	// lost is set when the kernel dropped samples of this thread, crowded
+	// when a drain found its ring more than half full (a few hundred
+	// milliseconds of delay from losing some): either way its ring is too
+	// small for its rate and is reopened four times as large.
+	lost, crowded bool
 }
 
 // maxRingPages bounds the adaptive growth of one thread's ring (512 KiB).
@@ -686,16 +688,17 @@ func (c *Collector) wake() {
 }
 
 // growRingsLocked reopens, with a ring four times as large, the threads whose
-// samples the kernel dropped since the last tick. The thread loses one
+// samples the kernel dropped since the last tick, or whose ring a drain
+// found more than half full. The thread loses one
 // interval's counts (the new groups start a new baseline); samples are
 // what the ring is for, and a bigger ring for the few busiest vCPUs costs
 // less memory than big rings for all.
 func (c *Collector) growRingsLocked() {
 	for _, v := range c.threads {
-		if !v.lost {
+		if !v.lost && !v.crowded {
 			continue
 		}
-		v.lost = false
+		v.lost, v.crowded = false, false
 		pages := max(c.cfg.RingPages, c.ringPages[v.tid])
 		if v.ring == nil || pages >= maxRingPages {
 			continue
@@ -779,6 +782,9 @@ func (c *Collector) drainLocked(v *vcpu, sink collect.Sink, monoOffset int64) {
 	rg := v.ring
 	head := atomic.LoadUint64(&rg.meta.Data_head)
 	tail := rg.meta.Data_tail
+	if head-tail > uint64(len(rg.data))/2 {
+		v.crowded = true
+	}
 	newTail, corrupt := walkRing(rg.data, tail, head, &c.scratch, func(rec []byte) {
 		if err := decodeRecord(rec, layout{branchStack: c.branch == 1}, &c.rec); err != nil {
 			c.readErrs.Add(1)

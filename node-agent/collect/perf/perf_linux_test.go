@@ -386,3 +386,40 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("Probe: %v", err)
 	}
 }
+
+// A ring too small for its thread's sample rate is reopened larger, up to
+// its bound, when the kernel drops samples or a drain finds it more than
+// half full; samples keep flowing across the reopening.
+func TestRingGrowsUnderPressure(t *testing.T) {
+	tid, stopBusy := busyThread(t)
+	defer stopBusy()
+	c := perf.New(testr.New(t))
+	defer c.Close()
+	cfg := softwareConfig(true)
+	cfg.RingPages = 1         // 4 KiB: about a hundred records
+	cfg.SamplePeriod = 10_000 // a sample per 10 µs of CPU: ~1 ms of room
+	if err := c.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	stream := collect.StreamID{Namespace: "ns", VMI: "busy", VCPU: 0}
+	if err := c.SetThreads([]collect.Thread{{Stream: stream, PID: os.Getpid(), TID: tid}}); err != nil {
+		t.Fatal(err)
+	}
+	small := c.Stats().RingBytes
+	var s sink
+	stop := start(t, c, &s)
+	// 4 KiB -> 16 KiB -> 64 KiB -> 256 KiB -> 512 KiB, the bound.
+	bound := (128 + 1) * os.Getpagesize()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && c.Stats().RingBytes < bound; {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	st := c.Stats()
+	if st.RingGrowths != 4 || st.RingBytes != bound || small != 2*os.Getpagesize() || st.Threads != 1 {
+		t.Fatalf("stats %+v (first ring %d bytes): want a ring of 4 KiB (+ its control page) grown four times to its 512 KiB bound", st, small)
+	}
+	if _, samples := s.snapshot(); len(samples) == 0 || samples[len(samples)-1].Time < time.Now().Add(-time.Second).UnixNano() {
+		t.Errorf("%d samples, none after the growth", len(samples))
+	}
+}
