@@ -105,6 +105,7 @@ const pageTemplate = `<!DOCTYPE html>
 {{range .Parties}}<div class="party" style="border-color: {{.Colour | safeCSS}}">
 <h3>{{if isVictim .Role}}Victim{{else}}Suspect{{end}} {{.Key}}{{if not (isVictim .Role)}} <span class="meta">({{.Role}}{{if .Score}}, score {{printf "%.2f" (deref .Score)}}{{end}})</span>{{end}}</h3>
 <p class="meta">{{if .UID}}UID <span class="mono">{{.UID}}</span>{{end}}{{if .VCPUs}} · {{.VCPUs}} vCPUs{{if .HostCPUs}} on host CPUs {{cpus .HostCPUs}}{{end}}{{end}}</p>
+{{with .Sharing}}<p class="meta">Co-scheduling: {{.}}</p>{{end}}
 {{if .Programs}}<table><tr><th>Samples</th><th>PID</th><th>Process</th><th>File</th><th>Offset</th><th>Symbol</th></tr>
 {{range .Programs}}<tr><td class="num">{{.Samples}}</td><td class="num">{{.PID}}</td><td>{{.Comm}}</td><td class="mono">{{.Path}}</td><td class="mono">{{.Offset}}</td><td class="mono">{{.Symbol}}</td></tr>
 {{end}}{{if .Unattributed}}<tr><td class="num">{{.Unattributed}}</td><td></td><td></td><td colspan="3"><em>not attributed (guest kernel or unmapped)</em></td></tr>{{end}}</table>{{end}}

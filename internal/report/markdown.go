@@ -66,6 +66,9 @@ func (r *Report) Markdown(w io.Writer) error {
 		if party.UID != "" {
 			p("- UID %s\n", mdText(party.UID))
 		}
+		if sh := party.Sharing(); sh != "" {
+			p("- Co-scheduling: %s\n", sh)
+		}
 		if party.VCPUs > 0 {
 			p("- %d vCPUs", party.VCPUs)
 			if len(party.HostCPUs) > 0 {

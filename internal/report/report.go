@@ -76,6 +76,19 @@ type Party struct {
 	// Sampled marks the pids that sampled addresses were attributed to.
 	Sampled map[int32]bool
 	Colour  string
+	// CoScheduling is a suspect's hardware sharing with the victim over
+	// the evidence window and the weight it put on its score.
+	CoScheduling *v1alpha1.SuspectCoScheduling
+}
+
+// Sharing says in words how much a suspect shared the victim's hardware.
+func (p Party) Sharing() string {
+	c := p.CoScheduling
+	if c == nil {
+		return ""
+	}
+	return fmt.Sprintf("shared the victim's last-level cache %.1f%% and a core (SMT) %.1f%% of %s, %d handovers on one CPU; score weight %.2f",
+		100*c.SharedLLC, 100*c.SMTSiblings, c.Window.Duration, c.Handovers, c.Weight)
 }
 
 // Pair is one co-scheduling row.
@@ -310,7 +323,7 @@ func parties(f *v1alpha1.ThreatFinding, s *evidence.Snapshot) []Party {
 	victim := Party{Key: f.Namespace + "/" + f.Spec.Victim.Name, UID: string(f.Spec.Victim.UID), Role: evidence.RoleVictim, Programs: f.Spec.Victim.Guest, Colour: victimColour}
 	out := []Party{victim}
 	for i, sus := range f.Spec.Suspects {
-		out = append(out, Party{Key: sus.Namespace + "/" + sus.Name, UID: string(sus.UID), Role: orUnknown(sus.Role), Score: &sus.Score, Programs: sus.Guest, Colour: palette[i%len(palette)]})
+		out = append(out, Party{Key: sus.Namespace + "/" + sus.Name, UID: string(sus.UID), Role: orUnknown(sus.Role), Score: &sus.Score, Programs: sus.Guest, Colour: palette[i%len(palette)], CoScheduling: sus.CoScheduling})
 	}
 	if s == nil {
 		return out

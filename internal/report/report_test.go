@@ -55,7 +55,8 @@ var scenarios = []struct {
 }{
 	{"covert channel", evidencetest.CovertChannel,
 		[]string{"event-trains", "event-trains-overview", "autocorrelation", "cross-correlation", "co-scheduling"},
-		[]string{"# Incident report: CacheCovertChannel against payments/payments-db", "cache-sync", "send_bit", "receive_bit", "peak 0.", "at 20ms", "^ onset"}},
+		[]string{"# Incident report: CacheCovertChannel against payments/payments-db", "cache-sync", "send_bit", "receive_bit", "peak 0.", "at 20ms", "^ onset",
+			"Co-scheduling: shared the victim's last-level cache 97.0% and a core (SMT) 63.0% of 20s, 12 handovers on one CPU; score weight 1.00"}},
 	{"prime+probe", evidencetest.PrimeProbe,
 		[]string{"event-trains", "event-trains-overview", "phase-correlation", "co-scheduling"},
 		[]string{"CacheSideChannel", "BN_mod_exp_mont_consttime", "libcrypto.so.3", "probe_set", "Phase correlation (snapshot)"}},

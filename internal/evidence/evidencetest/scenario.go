@@ -307,6 +307,9 @@ func CovertChannel(seed uint64) *Scenario {
 		suspect(receiver, 0.91, "Receiver", s),
 		suspect(bystander, 0.12, "Unknown", s),
 	}
+	// What the agent's weighing found (agent.weighByColocation).
+	f.Spec.Suspects[0].CoScheduling = &v1alpha1.SuspectCoScheduling{Window: metav1.Duration{Duration: 20 * time.Second}, SharedLLC: 0.97, SMTSiblings: 0.63, Handovers: 12, Weight: 1}
+	f.Spec.Suspects[1].CoScheduling = &v1alpha1.SuspectCoScheduling{Window: metav1.Duration{Duration: 20 * time.Second}, SharedLLC: 0.38, SMTSiblings: 0.04, Weight: 1}
 	per := metav1.Duration{Duration: period}
 	f.Spec.Evidence = v1alpha1.Evidence{
 		Window:              &metav1.Duration{Duration: time.Second},
