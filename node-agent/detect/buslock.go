@@ -346,9 +346,19 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 // the size of the slowdown, since a timing loop is as memory-bound as
 // software gets. Memory-bound neighbours slow down too, so up to three
 // candidates are named; only the first gets the Receiver role.
-func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float64) []end {
+//
+// Only the span from the window's first burst counts: a receiver times the
+// bursts while they happen, and before the channel started the sender's
+// lock rate only steps from nothing to something, which any neighbour that
+// happened to change its load around then would follow as well.
+func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, f lockFinding) []end {
 	I := e.coarseNS
-	i0 := (max(B-W, sender.first) + I - 1) / I
+	periodNS := f.periodNS
+	from := max(B-W, sender.first)
+	if len(f.bursts) > 0 {
+		from = max(from, f.bursts[0].start/I*I)
+	}
+	i0 := (from + I - 1) / I
 	i1 := B / I
 	N := int(i1 - i0)
 	if N < 10 {
@@ -387,11 +397,11 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float6
 		}
 		// Bursts shorter than an interval average out of the counters; the
 		// samples still show the receiver's loop stalling with them.
-		if fc := e.fineLockFollow(sender, u, B, W, periodNS); fc >= 0.5 {
+		if fc := e.fineLockFollow(sender, u, from, B, periodNS); fc >= 0.5 {
 			score = max(score, fc)
 		}
 		if debugf != nil {
-			debugf("  lock receiver of %s? %s spearman=%.2f effect=%.2f fine=%.2f", sender.ref, u.ref, c, effect, e.fineLockFollow(sender, u, B, W, periodNS))
+			debugf("  lock receiver of %s? %s spearman=%.2f effect=%.2f fine=%.2f", sender.ref, u.ref, c, effect, e.fineLockFollow(sender, u, from, B, periodNS))
 		}
 		if score > 0 {
 			out = append(out, end{v: u, role: RoleUnknown, score: score})
@@ -410,12 +420,12 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float6
 // fineLockFollow is how closely u's LLC-miss samples follow the sender's
 // lock samples at a quarter of the burst period: |correlation|, 0 when
 // either has too few samples.
-func (e *Engine) fineLockFollow(sender, u *vmi, B, W int64, periodNS float64) float64 {
+func (e *Engine) fineLockFollow(sender, u *vmi, from, B int64, periodNS float64) float64 {
 	if e.lockNS == 0 || e.fineNS == 0 || periodNS <= 0 {
 		return 0
 	}
 	bin := max(e.lockNS, int64(periodNS/4)/e.lockNS*e.lockNS)
-	from := max(B-W, sender.first, u.first)
+	from = max(from, sender.first, u.first)
 	N := int((B - from) / bin)
 	if N < 32 {
 		return 0
@@ -493,7 +503,7 @@ func ranks(x []float64) []float64 {
 func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 	W := e.cfg.BusLock.Window.Nanoseconds()
 	score := f.regularity * (1 - math.Exp(-f.z/10))
-	receivers := e.lockReceivers(n, sender, B, W, f.periodNS)
+	receivers := e.lockReceivers(n, sender, B, W, f)
 	ends := append([]end{{v: sender, role: RoleSender, score: score}}, receivers...)
 	victim, suspects, ok := e.chooseVictim(ends)
 	if !ok {
