@@ -335,6 +335,7 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 			continue
 		}
 		v.lockHop = B
+		n.noteLockClock(best.periodNS, B)
 		e.emitBusLock(n, B, v, best)
 	}
 }

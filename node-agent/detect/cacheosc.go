@@ -269,6 +269,15 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			continue
 		}
 		used[p.a], used[p.b] = true, true
+		if n.lockClockExplains(p.periodNS, p.binNS, B, W) {
+			// Bus locks stall every memory access on the node: two
+			// memory-bound VMIs oscillate together on a lock channel's
+			// clock, which the bus-lock detector reports.
+			if debugf != nil {
+				debugf("  pair %s %s at %.1fms: a bus-lock clock on the node explains it", p.a.ref, p.b.ref, p.periodNS/1e6)
+			}
+			continue
+		}
 		e.emitCovert(n, B, p)
 	}
 }

@@ -66,6 +66,36 @@ type node struct {
 	maxTime  int64
 	nextHop  int64
 	analyzed int64
+	// lockClocks are the bit clocks of the bus-lock senders found on the
+	// node within the last window: every memory-bound VMI follows them.
+	lockClocks [4]lockClock
+}
+
+type lockClock struct {
+	periodNS float64
+	at       int64 // analysis that found it
+}
+
+// noteLockClock records a bus-lock sender's clock found at analysis B.
+func (n *node) noteLockClock(periodNS float64, B int64) {
+	k := 0
+	for i, c := range n.lockClocks {
+		if c.at < n.lockClocks[k].at {
+			k = i
+		}
+	}
+	n.lockClocks[k] = lockClock{periodNS: periodNS, at: B}
+}
+
+// lockClockExplains reports whether a bus-lock clock found within the last
+// window W before B matches periodNS (or twice or half of it).
+func (n *node) lockClockExplains(periodNS float64, binNS, B, W int64) bool {
+	for _, c := range n.lockClocks {
+		if c.at > 0 && B-c.at <= W && periodsMatch(periodNS, c.periodNS, binNS) {
+			return true
+		}
+	}
+	return false
 }
 
 type stream struct {
