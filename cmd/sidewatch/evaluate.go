@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,7 +17,7 @@ import (
 
 func newEvaluateCommand() *cobra.Command {
 	var (
-		scale, out, policyPath string
+		scale, out, policyPath, only string
 		seed                   uint64
 		parallel               int
 	)
@@ -42,6 +44,16 @@ report goes to --out (docs/detection-accuracy.md in the repository).`,
 				cfg = detect.ConfigFromPolicy(pol.Spec)
 			}
 			scenarios := tracegen.Grid(s, seed)
+			if only != "" {
+				re, err := regexp.Compile(only)
+				if err != nil {
+					return fmt.Errorf("--only %q: %w", only, err)
+				}
+				scenarios = slices.DeleteFunc(scenarios, func(sc tracegen.Scenario) bool { return !re.MatchString(sc.Name) })
+				if len(scenarios) == 0 {
+					return fmt.Errorf("--only %q matches no scenario of the %s grid", only, scale)
+				}
+			}
 			start := time.Now()
 			done := 0
 			results := evaluate.Run(cmd.Context(), scenarios, cfg, parallel, func(r evaluate.Result) {
@@ -63,6 +75,9 @@ report goes to --out (docs/detection-accuracy.md in the repository).`,
 				}
 			}
 			command := fmt.Sprintf("sidewatch evaluate --scale %s --seed %d", scale, seed)
+			if only != "" {
+				command += fmt.Sprintf(" --only '%s'", only)
+			}
 			report := evaluate.Render(results, command, cfg.CacheOscillation.Window.Nanoseconds(), time.Since(start))
 			if out == "" || out == "-" {
 				_, err := fmt.Fprint(cmd.OutOrStdout(), report)
@@ -76,6 +91,7 @@ report goes to --out (docs/detection-accuracy.md in the repository).`,
 	f.Uint64Var(&seed, "seed", 7, "grid seed")
 	f.StringVarP(&out, "out", "o", "-", "report file (- for standard output)")
 	f.StringVar(&policyPath, "policy", "", "SideChannelPolicy YAML whose detector settings to evaluate (default: the CRD defaults)")
+	f.StringVar(&only, "only", "", "evaluate only the scenarios whose name matches this regular expression (the report then covers only those)")
 	f.IntVar(&parallel, "parallel", runtime.GOMAXPROCS(0), "scenarios evaluated at once")
 	return cmd
 }

@@ -26,6 +26,8 @@ type lockFinding struct {
 	binNS       int64
 	samples     int64
 	locksPerSec float64
+	// spanNS is the span searched: the window or the long horizon.
+	spanNS int64
 }
 
 // coarseBursts finds bursts as runs of intervals whose lock rate (the
@@ -59,20 +61,24 @@ func (e *Engine) coarseBursts(v *vmi, from, to int64, out []burst) []burst {
 // fineBursts clusters lock samples into bursts: the gaps between samples
 // fall into short ones (inside a burst) and long ones (between bursts); the
 // split is the largest jump in the sorted gaps.
-func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) ([]burst, int64) {
+func (e *Engine) fineBursts(v *vmi, long bool, from, to int64, split float64, out []burst) ([]burst, int64) {
 	out = out[:0]
-	ring := &v.locks[0]
+	rings, binNS := &v.locks, e.lockNS
+	if long {
+		rings, binNS = &v.locksLong, e.lockLongNS
+	}
+	ring := &rings[0]
 	period := e.cfg.samplePeriod(trace.BusLocks)
-	i0, i1 := (from+e.lockNS-1)/e.lockNS, to/e.lockNS
+	i0, i1 := (from+binNS-1)/binNS, to/binNS
 	count := func(r *countRing) (n int64) {
 		for i := i0; i < i1; i++ {
 			n += int64(r.get(i))
 		}
 		return n
 	}
-	n0, n1 := count(&v.locks[0]), count(&v.locks[1])
+	n0, n1 := count(&rings[0]), count(&rings[1])
 	if n1 > n0 {
-		ring = &v.locks[1]
+		ring = &rings[1]
 		period = e.cfg.samplePeriod(trace.SplitLocks)
 		n0 = n1
 	}
@@ -82,7 +88,7 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) 
 	times := e.sc.tmp[:0]
 	for i := i0; i < i1; i++ {
 		if c := ring.get(i); c > 0 {
-			times = append(times, float64(i*e.lockNS+e.lockNS/2))
+			times = append(times, float64(i*binNS+binNS/2))
 		}
 	}
 	e.sc.tmp = times
@@ -102,7 +108,7 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) 
 		if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
 			break
 		}
-		lo := max(sorted[k], float64(e.lockNS))
+		lo := max(sorted[k], float64(binNS))
 		if r := sorted[k+1] / lo; r > bestRatio {
 			bestRatio = r
 		}
@@ -112,7 +118,7 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) 
 			if len(sorted)-1-k < e.cfg.BusLock.MinBursts-1 {
 				break
 			}
-			lo := max(sorted[k], float64(e.lockNS))
+			lo := max(sorted[k], float64(binNS))
 			if sorted[k+1]/lo == bestRatio {
 				split = math.Sqrt(lo * sorted[k+1])
 				break
@@ -125,7 +131,7 @@ func (e *Engine) fineBursts(v *vmi, from, to int64, split float64, out []burst) 
 	minRate := e.cfg.BusLock.MinBurstRate
 	cur := burst{start: int64(times[0]), end: int64(times[0]), locks: period}
 	flush := func() {
-		dur := float64(cur.end-cur.start) + float64(e.lockNS)
+		dur := float64(cur.end-cur.start) + float64(binNS)
 		if cur.locks/(dur/1e9) >= minRate && len(out) < maxBursts {
 			out = append(out, cur)
 		}
@@ -247,8 +253,8 @@ func regularityOf(R float64) float64 {
 	return max(0, 1-math.Sqrt(-2*math.Log(R))/(2*math.Pi*0.2887))
 }
 
-// judgeBursts decides whether bursts recur on a clock.
-func (e *Engine) judgeBursts(bs []burst, binNS int64) (lockFinding, bool) {
+// judgeBursts decides whether bursts recur on a clock of at least minT.
+func (e *Engine) judgeBursts(bs []burst, binNS int64, minT float64) (lockFinding, bool) {
 	cfg := e.cfg.BusLock
 	if len(bs) < cfg.MinBursts {
 		return lockFinding{}, false
@@ -259,7 +265,10 @@ func (e *Engine) judgeBursts(bs []burst, binNS int64) (lockFinding, bool) {
 		starts[i] = float64(b.start)
 		ends[i] = float64(b.end)
 	}
-	T, R := burstClock(starts, ends, max(2*float64(binNS), 1e6))
+	// Burst starts are known to a bin: a clock of only a few bins is
+	// aliased by the binning itself (on a two-bin clock every start has
+	// one of two phases), so the clock needs four bins at least.
+	T, R := burstClock(starts, ends, max(4*float64(binNS), 1e6, minT))
 	if T <= 0 {
 		return lockFinding{}, false
 	}
@@ -305,38 +314,59 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 		if B-from < W/2 {
 			continue
 		}
-		var best lockFinding
-		found := false
-		fine, samples := e.fineBursts(v, from, B, 0, nil)
-		f, ok := e.judgeBursts(fine, e.lockNS)
-		if !ok && f.periodNS > 0 {
-			// With the clock known, a silent slot separates bursts: split
-			// the samples at gaps over half a period, so that a long wait
-			// between two samples inside a burst does not start a new one.
-			fine, samples = e.fineBursts(v, from, B, max(2*float64(e.lockNS), f.periodNS/2), nil)
-			f, ok = e.judgeBursts(fine, e.lockNS)
-		}
-		if ok {
-			best, found = f, true
-			best.samples = samples
-		}
-		coarse := e.coarseBursts(v, from, B, nil)
-		if f, ok := e.judgeBursts(coarse, e.coarseNS); ok && (!found || f.z > best.z) {
-			best, found = f, true
-			best.samples = samples
-		}
-		if debugf != nil {
-			fb, _ := e.judgeBursts(fine, e.lockNS)
-			cb, _ := e.judgeBursts(coarse, e.coarseNS)
-			debugf("B=%.1fs locks %s fine: %d bursts T=%.1fms R=%.2f Z=%.1f reg=%.2f | coarse: %d bursts T=%.1fms R=%.2f Z=%.1f found=%v", float64(B)/1e9, v.ref,
-				len(fine), fb.periodNS/1e6, fb.coherence, fb.z, fb.regularity, len(coarse), cb.periodNS/1e6, cb.coherence, cb.z, found)
+		best, found := e.lockPass(v, false, from, B)
+		// A slow clock shows too few bursts in one window to be told from
+		// chance: look for it over the long horizon.
+		if H := e.longLockNS; !found && H > 0 && B-v.first > W {
+			best, found = e.lockPass(v, true, max(B-H, v.first), B)
 		}
 		if !found {
 			continue
 		}
 		v.lockHop = B
+		n.noteLockClock(best.periodNS, B)
 		e.emitBusLock(n, B, v, best)
 	}
+}
+
+// lockPass looks for periodic lock bursts of v in [from, B): in the lock
+// samples and in the interval counters, over the window or (long) over the
+// long horizon, where only clocks with fewer than longMinCycles cycles per
+// window are looked for.
+func (e *Engine) lockPass(v *vmi, long bool, from, B int64) (lockFinding, bool) {
+	binNS, minT := e.lockNS, 0.0
+	if long {
+		binNS = e.lockLongNS
+		minT = float64(e.cfg.BusLock.Window.Nanoseconds()) / longMinCycles
+	}
+	var best lockFinding
+	found := false
+	fine, samples := e.fineBursts(v, long, from, B, 0, nil)
+	f, ok := e.judgeBursts(fine, binNS, minT)
+	if !ok && f.periodNS > 0 {
+		// With the clock known, a silent slot separates bursts: split
+		// the samples at gaps over half a period, so that a long wait
+		// between two samples inside a burst does not start a new one.
+		fine, samples = e.fineBursts(v, long, from, B, max(2*float64(binNS), f.periodNS/2), nil)
+		f, ok = e.judgeBursts(fine, binNS, minT)
+	}
+	if ok {
+		best, found = f, true
+		best.samples = samples
+	}
+	coarse := e.coarseBursts(v, from, B, nil)
+	if f, ok := e.judgeBursts(coarse, e.coarseNS, minT); ok && (!found || f.z > best.z) {
+		best, found = f, true
+		best.samples = samples
+	}
+	if debugf != nil {
+		fb, _ := e.judgeBursts(fine, binNS, minT)
+		cb, _ := e.judgeBursts(coarse, e.coarseNS, minT)
+		debugf("B=%.1fs locks %s long=%v fine: %d bursts T=%.1fms R=%.2f Z=%.1f reg=%.2f | coarse: %d bursts T=%.1fms R=%.2f Z=%.1f found=%v", float64(B)/1e9, v.ref, long,
+			len(fine), fb.periodNS/1e6, fb.coherence, fb.z, fb.regularity, len(coarse), cb.periodNS/1e6, cb.coherence, cb.z, found)
+	}
+	best.spanNS = B - from
+	return best, found
 }
 
 // lockReceivers ranks the other VMIs by how their cycles per instruction
@@ -346,9 +376,19 @@ func (e *Engine) detectBusLock(n *node, B int64) {
 // the size of the slowdown, since a timing loop is as memory-bound as
 // software gets. Memory-bound neighbours slow down too, so up to three
 // candidates are named; only the first gets the Receiver role.
-func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float64) []end {
+//
+// Only the span from the window's first burst counts: a receiver times the
+// bursts while they happen, and before the channel started the sender's
+// lock rate only steps from nothing to something, which any neighbour that
+// happened to change its load around then would follow as well.
+func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, f lockFinding) []end {
 	I := e.coarseNS
-	i0 := (max(B-W, sender.first) + I - 1) / I
+	periodNS := f.periodNS
+	from := max(B-W, sender.first)
+	if len(f.bursts) > 0 {
+		from = max(from, f.bursts[0].start/I*I)
+	}
+	i0 := (from + I - 1) / I
 	i1 := B / I
 	N := int(i1 - i0)
 	if N < 10 {
@@ -364,7 +404,7 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float6
 	xs := make([]float64, 0, N)
 	ys := make([]float64, 0, N)
 	for _, u := range n.vmis {
-		if u == sender || u.last < B-W/2 {
+		if u == sender || u.last < B-e.cfg.BusLock.Window.Nanoseconds()/2 {
 			continue
 		}
 		xs, ys = xs[:0], ys[:0]
@@ -387,11 +427,13 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float6
 		}
 		// Bursts shorter than an interval average out of the counters; the
 		// samples still show the receiver's loop stalling with them.
-		if fc := e.fineLockFollow(sender, u, B, W, periodNS); fc >= 0.5 {
+		// (The fine rings hold one window.)
+		fineFrom := max(from, B-e.cfg.BusLock.Window.Nanoseconds())
+		if fc := e.fineLockFollow(sender, u, fineFrom, B, periodNS); fc >= 0.5 {
 			score = max(score, fc)
 		}
 		if debugf != nil {
-			debugf("  lock receiver of %s? %s spearman=%.2f effect=%.2f fine=%.2f", sender.ref, u.ref, c, effect, e.fineLockFollow(sender, u, B, W, periodNS))
+			debugf("  lock receiver of %s? %s spearman=%.2f effect=%.2f fine=%.2f", sender.ref, u.ref, c, effect, e.fineLockFollow(sender, u, fineFrom, B, periodNS))
 		}
 		if score > 0 {
 			out = append(out, end{v: u, role: RoleUnknown, score: score})
@@ -410,12 +452,12 @@ func (e *Engine) lockReceivers(n *node, sender *vmi, B, W int64, periodNS float6
 // fineLockFollow is how closely u's LLC-miss samples follow the sender's
 // lock samples at a quarter of the burst period: |correlation|, 0 when
 // either has too few samples.
-func (e *Engine) fineLockFollow(sender, u *vmi, B, W int64, periodNS float64) float64 {
+func (e *Engine) fineLockFollow(sender, u *vmi, from, B int64, periodNS float64) float64 {
 	if e.lockNS == 0 || e.fineNS == 0 || periodNS <= 0 {
 		return 0
 	}
 	bin := max(e.lockNS, int64(periodNS/4)/e.lockNS*e.lockNS)
-	from := max(B-W, sender.first, u.first)
+	from = max(from, sender.first, u.first)
 	N := int((B - from) / bin)
 	if N < 32 {
 		return 0
@@ -492,8 +534,10 @@ func ranks(x []float64) []float64 {
 
 func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 	W := e.cfg.BusLock.Window.Nanoseconds()
+	// The span the evidence covers: the window, or the long horizon.
+	spanNS := max(W, f.spanNS)
 	score := f.regularity * (1 - math.Exp(-f.z/10))
-	receivers := e.lockReceivers(n, sender, B, W, f.periodNS)
+	receivers := e.lockReceivers(n, sender, B, spanNS, f)
 	ends := append([]end{{v: sender, role: RoleSender, score: score}}, receivers...)
 	victim, suspects, ok := e.chooseVictim(ends)
 	if !ok {
@@ -515,7 +559,7 @@ func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 			Suspects:   suspects,
 			Score:      round3(score),
 			Evidence: Evidence{
-				WindowNS:        W,
+				WindowNS:        spanNS,
 				TrainBinNS:      f.binNS,
 				PeriodNS:        int64(f.periodNS),
 				BitsPerSecond:   round3(1e9 / f.periodNS),
@@ -533,7 +577,7 @@ func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 		if len(receivers) > 0 {
 			d.Evidence.Correlation = round3(receivers[0].score)
 		}
-		d.Evidence.EventRates = e.eventRates(B, W, vs...)
+		d.Evidence.EventRates = e.eventRates(B, spanNS, vs...)
 		s := &Series{}
 		for i, b := range f.bursts {
 			if i >= MaxSeriesPoints {
@@ -542,7 +586,7 @@ func (e *Engine) emitBusLock(n *node, B int64, sender *vmi, f lockFinding) {
 			s.BurstStartsNS = append(s.BurstStartsNS, b.start)
 		}
 		I := e.coarseNS
-		i0 := (max(B-W, sender.first) + I - 1) / I
+		i0 := (max(B-spanNS, sender.first) + I - 1) / I
 		x := make([]float64, int(B/I-i0))
 		for j := range x {
 			if b := sender.coarse.get(i0 + int64(j)); b != nil {

@@ -10,8 +10,8 @@ import (
 
 // hopState is one VMI's findings of the current analysis.
 type hopState struct {
-	osc   [2]trainOsc // strongest [fine, coarse]
-	cands [4]trainOsc // every oscillation found: fine octaves, coarse
+	osc   [numRes]trainOsc // strongest per resolution
+	cands [8]trainOsc      // every oscillation found: fine octaves, coarse, over both horizons
 	n     int
 }
 
@@ -25,31 +25,75 @@ func (h *hopState) add(o trainOsc) {
 // debugf, when set by a test, traces the detectors' decisions.
 var debugf func(format string, args ...any)
 
+// Resolutions of the cache trains: from overflow samples (fine) or the
+// interval counters (coarse), over the detector window or the long
+// horizon.
 const (
-	resFine   = 0
-	resCoarse = 1
+	resFine = iota
+	resCoarse
+	resFineLong
+	resCoarseLong
+	numRes
 )
+
+func isFine(res int) bool { return res == resFine || res == resFineLong }
+func isLong(res int) bool { return res == resFineLong || res == resCoarseLong }
+
+// longBins is the length of the long horizon's sample trains.
+const longBins = 4096
+
+// longMinCycles: the long horizon looks only for periods with fewer
+// cycles than this in one detector window (slow channels); faster ones
+// show enough cycles in the window itself.
+const longMinCycles = 64
+
+// cacheHorizon is the span the trains of resolution res cover.
+func (e *Engine) cacheHorizon(res int) int64 {
+	if isLong(res) {
+		return e.longCacheNS
+	}
+	return e.cfg.CacheOscillation.Window.Nanoseconds()
+}
+
+// llcRing is v's LLC-miss sample ring for a fine resolution, and its bin.
+func (e *Engine) llcRing(v *vmi, res int) (*countRing, int64) {
+	if isLong(res) {
+		return &v.llcLong, e.llcLongNS
+	}
+	return &v.llc, e.fineNS
+}
+
+// minPeriodFor is the shortest period searched at resolution res.
+func (e *Engine) minPeriodFor(res int) float64 {
+	p := float64(e.cfg.CacheOscillation.MinPeriod.Nanoseconds())
+	if isLong(res) {
+		p = max(p, float64(e.cfg.CacheOscillation.Window.Nanoseconds())/longMinCycles)
+	}
+	return p
+}
 
 // minSamplesPerFineBin is the mean number of LLC-miss samples a fine bin
 // must hold: fewer and the train is Poisson noise.
 const minSamplesPerFineBin = 2
 
-// fineTrain fills x with v's LLC-miss sample counts over [from, to) in
-// bins of factor native fine bins.
-func (e *Engine) fineTrain(v *vmi, from, to int64, factor int, x []float64) int64 {
-	i0 := (from + e.fineNS - 1) / e.fineNS
-	return v.llc.sum(i0, i0+int64(len(x)*factor), factor, x)
+// fineTrain fills x with v's LLC-miss sample counts from from, at fine
+// resolution res, in bins of factor native bins.
+func (e *Engine) fineTrain(v *vmi, res int, from int64, factor int, x []float64) int64 {
+	ring, nat := e.llcRing(v, res)
+	i0 := (from + nat - 1) / nat
+	return ring.sum(i0, i0+int64(len(x)*factor), factor, x)
 }
 
-func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
+func (e *Engine) fineOsc(v *vmi, rs int, from, to int64) trainOsc {
 	cfg := e.cfg.CacheOscillation
-	i0, i1 := (from+e.fineNS-1)/e.fineNS, to/e.fineNS
+	ring, natNS := e.llcRing(v, rs)
+	i0, i1 := (from+natNS-1)/natNS, to/natNS
 	nat := int(i1 - i0)
 	if nat < 64 {
 		return trainOsc{}
 	}
 	e.sc.x = grow(e.sc.x, 1)
-	S := v.llc.sum(i0, i1, nat, e.sc.x)
+	S := ring.sum(i0, i1, nat, e.sc.x)
 	if S < 64 {
 		return trainOsc{}
 	}
@@ -65,7 +109,7 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 	// sums pairs of bins of the previous one.
 	N := nat / factor
 	e.sc.fine = grow(e.sc.fine, N)
-	samples := e.fineTrain(v, from, to, factor, e.sc.fine)
+	samples := e.fineTrain(v, rs, from, factor, e.sc.fine)
 	x := e.sc.fine
 	for oct := 0; oct < 3; oct++ {
 		if oct > 0 {
@@ -76,12 +120,12 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 			x = x[:N]
 			factor *= 2
 		}
-		binNS := int64(factor) * e.fineNS
+		binNS := int64(factor) * natNS
 		if 2*binNS > e.coarseNS {
 			// No finer than the counters already give.
 			break
 		}
-		minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(binNS))
+		minLag := max(4, e.minPeriodFor(rs)/float64(binNS))
 		maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(binNS), float64(N)/float64(cfg.MinRepetitions))
 		if N < 32 || maxLag < minLag {
 			break
@@ -89,7 +133,7 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 		res, r := e.sc.analyseTrain(x, minLag, maxLag)
 		dense := float64(samples)/float64(N) >= 8
 		if res.ok && res.strength <= best.strength {
-			res.binNS, res.res, res.startNS, res.samples = binNS, resFine, i0*e.fineNS, samples
+			res.binNS, res.res, res.startNS, res.samples = binNS, rs, i0*natNS, samples
 			res.periodNS *= float64(binNS)
 			res.acLagNS *= float64(binNS)
 			v.hop.add(res)
@@ -101,8 +145,8 @@ func (e *Engine) fineOsc(v *vmi, from, to int64) trainOsc {
 			continue
 		}
 		res.binNS = binNS
-		res.res = resFine
-		res.startNS = i0 * e.fineNS
+		res.res = rs
+		res.startNS = i0 * natNS
 		res.samples = samples
 		res.periodNS *= float64(binNS)
 		res.acLagNS *= float64(binNS)
@@ -134,12 +178,12 @@ func (e *Engine) coarseTrain(v *vmi, c trace.Event, i0 int64, x []float64) (pres
 	return present
 }
 
-func (e *Engine) coarseOsc(v *vmi, from, to int64) trainOsc {
+func (e *Engine) coarseOsc(v *vmi, rs int, from, to int64) trainOsc {
 	cfg := e.cfg.CacheOscillation
 	I := e.coarseNS
 	i0, i1 := (from+I-1)/I, to/I
 	N := int(i1 - i0)
-	minLag := max(4, float64(cfg.MinPeriod.Nanoseconds())/float64(I))
+	minLag := max(4, e.minPeriodFor(rs)/float64(I))
 	maxLag := min(float64(cfg.MaxPeriod.Nanoseconds())/float64(I), float64(N)/float64(cfg.MinRepetitions))
 	if N < 24 || maxLag < minLag {
 		return trainOsc{}
@@ -153,7 +197,7 @@ func (e *Engine) coarseOsc(v *vmi, from, to int64) trainOsc {
 		return trainOsc{}
 	}
 	res.binNS = I
-	res.res = resCoarse
+	res.res = rs
 	res.startNS = i0 * I
 	res.periodNS *= float64(I)
 	res.acLagNS *= float64(I)
@@ -224,19 +268,31 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			continue
 		}
 		if e.fineNS > 0 {
-			v.hop.osc[resFine] = e.fineOsc(v, from, B)
+			v.hop.osc[resFine] = e.fineOsc(v, resFine, from, B)
 		}
-		v.hop.osc[resCoarse] = e.coarseOsc(v, from, B)
+		v.hop.osc[resCoarse] = e.coarseOsc(v, resCoarse, from, B)
 		v.hop.add(v.hop.osc[resCoarse])
+		// Slow channels: the same over the long horizon, once there is
+		// more history than one window.
+		if H := e.longCacheNS; H > 0 && B-v.first > W {
+			fromL := max(B-H, v.first)
+			v.hop.osc[resFineLong] = e.fineOsc(v, resFineLong, fromL, B)
+			v.hop.osc[resCoarseLong] = e.coarseOsc(v, resCoarseLong, fromL, B)
+			v.hop.add(v.hop.osc[resCoarseLong])
+		}
 		if debugf != nil {
-			debugf("B=%.1fs %s fine=%+v coarse=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse])
+			debugf("B=%.1fs %s fine=%+v coarse=%+v fineLong=%+v coarseLong=%+v", float64(B)/1e9, v.ref, v.hop.osc[resFine], v.hop.osc[resCoarse], v.hop.osc[resFineLong], v.hop.osc[resCoarseLong])
 		}
 		if v.lockHop > 0 && B-v.lockHop <= W || e.meanLockRate(v, B, W) >= e.cfg.BusLock.MinBurstRate {
 			// Its trains move with its own bus-lock bursts: a bus-lock
 			// channel, reported by that detector.
 			continue
 		}
-		if v.hop.osc[resFine].strength >= 0.8*cfg.MinAutocorrelation || v.hop.osc[resCoarse].strength >= 0.8*cfg.MinAutocorrelation {
+		osc := false
+		for _, o := range v.hop.osc {
+			osc = osc || o.strength >= 0.8*cfg.MinAutocorrelation
+		}
+		if osc {
 			cands = append(cands, v)
 		} else {
 			followers = append(followers, v)
@@ -269,6 +325,15 @@ func (e *Engine) detectCacheOscillation(n *node, B int64) {
 			continue
 		}
 		used[p.a], used[p.b] = true, true
+		if n.lockClockExplains(p.periodNS, p.binNS, B, W) {
+			// Bus locks stall every memory access on the node: two
+			// memory-bound VMIs oscillate together on a lock channel's
+			// clock, which the bus-lock detector reports.
+			if debugf != nil {
+				debugf("  pair %s %s at %.1fms: a bus-lock clock on the node explains it", p.a.ref, p.b.ref, p.periodNS/1e6)
+			}
+			continue
+		}
 		e.emitCovert(n, B, p)
 	}
 }
@@ -351,6 +416,9 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 	// one cycle to the next (a bit switches the channel's evictions on or
 	// off); two steady memory-heavy jobs interfering with each other move
 	// only a few percent of theirs, however closely.
+	if debugf != nil {
+		debugf("    cv %.2f %.2f nc=%d", cv(e.sc.rx[:nc]), cv(e.sc.ry[:nc]), nc)
+	}
 	if cv(e.sc.rx[:nc]) < minDataCV || cv(e.sc.ry[:nc]) < minDataCV {
 		return 0
 	}
@@ -361,8 +429,21 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 	diff(e.sc.ry[:nc])
 	nc--
 	ra, rb := e.sc.rx[:nc], e.sc.ry[:nc]
+	// Over the long horizon, by ranks. Its cycles are long (slow
+	// candidates) and many, so they take in whole bursts of ordinary
+	// software, and one large event (a checkpoint, a load spike) that
+	// also disturbs a neighbour through the shared cache would carry a
+	// linear correlation on its own; a channel changes its ends' activity
+	// alike over many cycles. Within the window the linear correlation
+	// stays: there a constant carrier's data is its few pauses between
+	// messages.
+	ranks := isLong(res)
+	if ranks {
+		e.sc.rankInPlace(ra)
+		e.sc.rankInPlace(rb)
+	}
 	rho := math.Abs(pearson(ra, rb))
-	W := cfg.Window.Nanoseconds()
+	W := e.cacheHorizon(res)
 	from := max(B-W, a.first, b.first)
 	e.sc.rest = grow(e.sc.rest, N)
 	clear(e.sc.rest)
@@ -371,8 +452,9 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 		if v == a || v == b || v.last < B-W {
 			continue
 		}
-		if res == resFine {
-			e.fineTrain(v, from, B, int(binNS/e.fineNS), e.sc.one)
+		if isFine(res) {
+			_, nat := e.llcRing(v, res)
+			e.fineTrain(v, res, from, int(binNS/nat), e.sc.one)
 		} else {
 			e.coarseTrain(v, trace.LLCMisses, (from+e.coarseNS-1)/e.coarseNS, e.sc.one)
 		}
@@ -382,12 +464,18 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
 		if len(e.sc.tmpl) > nc {
 			diff(e.sc.tmpl[:nc+1])
+			if ranks {
+				e.sc.rankInPlace(e.sc.tmpl[:nc])
+			}
 			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 		}
 	}
 	e.sc.tmpl = cycleSums(e.sc.rest, pb, off, e.sc.tmpl)
 	if len(e.sc.tmpl) > nc {
 		diff(e.sc.tmpl[:nc+1])
+		if ranks {
+			e.sc.rankInPlace(e.sc.tmpl[:nc])
+		}
 		rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 	}
 	// Bus locks stall every VMI's memory accesses: a lock sender drives
@@ -396,16 +484,21 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 		if v.last < B-W || e.meanLockRate(v, B, W) < e.cfg.BusLock.MinBurstRate/10 {
 			continue
 		}
-		if res == resFine {
-			if e.lockNS == 0 {
+		if isFine(res) {
+			locks, lockNS := &v.locks, e.lockNS
+			if isLong(res) {
+				locks, lockNS = &v.locksLong, e.lockLongNS
+			}
+			if lockNS == 0 {
 				continue
 			}
 			clear(e.sc.one)
-			i0 := (from + e.fineNS - 1) / e.fineNS * e.fineNS
-			for k := (i0 + e.lockNS - 1) / e.lockNS; k < B/e.lockNS; k++ {
-				j := int((k*e.lockNS - i0) / binNS)
+			_, nat := e.llcRing(v, res)
+			i0 := (from + nat - 1) / nat * nat
+			for k := (i0 + lockNS - 1) / lockNS; k < B/lockNS; k++ {
+				j := int((k*lockNS - i0) / binNS)
 				if j >= 0 && j < N {
-					e.sc.one[j] += float64(v.locks[0].get(k)) + float64(v.locks[1].get(k))
+					e.sc.one[j] += float64(locks[0].get(k)) + float64(locks[1].get(k))
 				}
 			}
 		} else {
@@ -420,6 +513,9 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
 		if len(e.sc.tmpl) > nc {
 			diff(e.sc.tmpl[:nc+1])
+			if ranks {
+				e.sc.rankInPlace(e.sc.tmpl[:nc])
+			}
 			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 		}
 	}
@@ -433,20 +529,21 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 // pairTrains builds both VMIs' trains at a common resolution into sc.x and
 // sc.y.
 func (e *Engine) pairTrains(a, b *vmi, res int, binNS, B int64) (x, y []float64, _, start int64) {
-	W := e.cfg.CacheOscillation.Window.Nanoseconds()
+	W := e.cacheHorizon(res)
 	from := max(B-W, a.first, b.first)
-	if res == resFine {
-		factor := int(binNS / e.fineNS)
-		i0 := (from + e.fineNS - 1) / e.fineNS
-		N := int((B/e.fineNS - i0) / int64(factor))
+	if isFine(res) {
+		_, nat := e.llcRing(a, res)
+		factor := int(binNS / nat)
+		i0 := (from + nat - 1) / nat
+		N := int((B/nat - i0) / int64(factor))
 		if N < 16 {
 			return nil, nil, 0, 0
 		}
 		e.sc.x = grow(e.sc.x, N)
 		e.sc.y = grow(e.sc.y, N)
-		e.fineTrain(a, from, B, factor, e.sc.x)
-		e.fineTrain(b, from, B, factor, e.sc.y)
-		return e.sc.x, e.sc.y, binNS, i0 * e.fineNS
+		e.fineTrain(a, res, from, factor, e.sc.x)
+		e.fineTrain(b, res, from, factor, e.sc.y)
+		return e.sc.x, e.sc.y, binNS, i0 * nat
 	}
 	I := e.coarseNS
 	i0 := (from + I - 1) / I
@@ -630,6 +727,8 @@ func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 func (e *Engine) emitCovert(n *node, B int64, p covertPair) {
 	W := e.cfg.CacheOscillation.Window.Nanoseconds()
+	// The span the evidence covers: the window, or the long horizon.
+	span := e.cacheHorizon(p.res)
 	roleA, roleB := RoleUnknown, RoleUnknown
 	perBins := p.periodNS / float64(p.binNS)
 	if math.Abs(p.lagBins) >= 1 && math.Abs(p.lagBins) < 0.45*perBins {
@@ -667,7 +766,7 @@ func (e *Engine) emitCovert(n *node, B int64, p covertPair) {
 			Suspects:   suspects,
 			Score:      round3(p.score),
 			Evidence: Evidence{
-				WindowNS:            W,
+				WindowNS:            span,
 				TrainBinNS:          p.binNS,
 				PeriodNS:            int64(p.periodNS),
 				BitsPerSecond:       round3(1e9 / p.periodNS),
@@ -676,7 +775,7 @@ func (e *Engine) emitCovert(n *node, B int64, p covertPair) {
 				Correlation:         round3(p.rho),
 				LagNS:               lagNS,
 				Samples:             vo.samples + oo.samples,
-				EventRates:          e.eventRates(B, W, victim.v, other),
+				EventRates:          e.eventRates(B, span, victim.v, other),
 			},
 		}
 		d.Policy = victim.v.prot.Policy
@@ -720,7 +819,7 @@ func (e *Engine) covertSeries(B int64, p covertPair, victim, other *vmi) *Series
 	}
 	s.CrossCorrelation = curve
 	event := "sample.llc_misses"
-	if p.res == resCoarse {
+	if !isFine(p.res) {
 		event = "llc_misses"
 	}
 	s.Trains = append(s.Trains, downsampleTrain(victim.ref.String(), event, start, binNS, xs), downsampleTrain(other.ref.String(), event, start, binNS, ys))

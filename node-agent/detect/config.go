@@ -27,6 +27,12 @@ type Config struct {
 	Persistence int
 	// MaxFineBins bounds the fine (sample-based) trains per window.
 	MaxFineBins int
+	// LongHorizon is how many detector windows the covert-channel
+	// detectors also look back for slow channels, 0 or 1 for none. A
+	// channel whose bit period is long against the window shows too few
+	// cycles in one window to be told from chance; over a longer horizon
+	// the same tests see enough of them (see the package documentation).
+	LongHorizon int
 
 	CacheOscillation CacheOscillationConfig
 	BusLock          BusLockConfig
@@ -90,6 +96,7 @@ func ConfigFromPolicy(spec v1alpha1.SideChannelPolicySpec) Config {
 		Lateness:            time.Second,
 		Persistence:         2,
 		MaxFineBins:         16384,
+		LongHorizon:         4,
 		CacheOscillation: CacheOscillationConfig{
 			Enabled:            v1alpha1.IsEnabled(d.CacheOscillation.Enabled),
 			Window:             d.CacheOscillation.Window.Duration,
@@ -133,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxFineBins < 256 || c.MaxFineBins > 1<<20 {
 		return fmt.Errorf("maxFineBins %d: must be between 256 and 1048576", c.MaxFineBins)
+	}
+	if c.LongHorizon < 0 || c.LongHorizon > 16 {
+		return fmt.Errorf("longHorizon %d: must be between 0 (off) and 16 windows", c.LongHorizon)
 	}
 	for _, w := range []struct {
 		name string

@@ -74,6 +74,18 @@
 // rate (bus locks stall every memory access on the node); up to three are
 // named, the first as Receiver.
 //
+// Slow channels and the long horizon. A channel whose bit period is long
+// against the window (a 250 ms NRZ channel puts 40 bits in a 10 s window,
+// and random data makes far fewer edges or bursts than that) shows too few
+// cycles in one window for its clock or its data coupling to be told from
+// chance. Both covert-channel detectors therefore also run their tests over
+// Config.LongHorizon windows (default 4) on coarser sample rings (4096 bins
+// over the horizon), looking there only for periods with fewer than 64
+// cycles per window; faster clocks are judged on the window alone. Over the
+// long horizon the data coupling of two ends is a rank correlation, so that
+// one large event shared through the cache (a checkpoint, a load spike)
+// cannot carry it. Evidence.WindowNS says which span the evidence covers.
+//
 // Crypto correlation (CacheSideChannel, after CloudRadar). For each
 // protected VMI, an interval is a sensitive phase when enough of its
 // samples fall in sensitive code (Signature.Libraries/Symbols, resolved
@@ -121,7 +133,8 @@
 // # Memory
 //
 // State is bounded: per vCPU stream a few dozen bytes; per VMI a ring of
-// interval bins, two fine sample rings, a fixed histogram baseline and one
-// curve (StateSize reports the bytes). Guest regions are capped at
+// interval bins (over the long horizon), the fine sample rings of the
+// window and of the long horizon, a fixed histogram baseline and one curve
+// (StateSize reports the bytes). Guest regions are capped at
 // MaxRegionsPerVMI per VMI.
 package detect

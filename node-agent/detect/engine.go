@@ -23,6 +23,13 @@ type Engine struct {
 
 	coarseLen, fineLen, lockLen int
 
+	// The long horizon (Config.LongHorizon windows) of the covert-channel
+	// detectors, with its own sample rings at a coarser resolution (the
+	// periods it looks for are long): 0 when off.
+	longCacheNS, llcLongNS  int64
+	longLockNS, lockLongNS  int64
+	llcLongLen, lockLongLen int
+
 	nodes       map[string]*node
 	nodeList    []*node
 	streams     []stream
@@ -66,6 +73,36 @@ type node struct {
 	maxTime  int64
 	nextHop  int64
 	analyzed int64
+	// lockClocks are the bit clocks of the bus-lock senders found on the
+	// node within the last window: every memory-bound VMI follows them.
+	lockClocks [4]lockClock
+}
+
+type lockClock struct {
+	periodNS float64
+	at       int64 // analysis that found it
+}
+
+// noteLockClock records a bus-lock sender's clock found at analysis B.
+func (n *node) noteLockClock(periodNS float64, B int64) {
+	k := 0
+	for i, c := range n.lockClocks {
+		if c.at < n.lockClocks[k].at {
+			k = i
+		}
+	}
+	n.lockClocks[k] = lockClock{periodNS: periodNS, at: B}
+}
+
+// lockClockExplains reports whether a bus-lock clock found within the last
+// window W before B matches periodNS (or twice or half of it).
+func (n *node) lockClockExplains(periodNS float64, binNS, B, W int64) bool {
+	for _, c := range n.lockClocks {
+		if c.at > 0 && B-c.at <= W && periodsMatch(periodNS, c.periodNS, binNS) {
+			return true
+		}
+	}
+	return false
 }
 
 type stream struct {
@@ -82,6 +119,9 @@ type vmi struct {
 	coarse coarseRing
 	llc    countRing
 	locks  [2]countRing // bus_locks, split_locks samples
+	// The same samples over the long horizon, in coarser bins.
+	llcLong   countRing
+	locksLong [2]countRing
 
 	prot    *Protection // explicit or default; nil: not protected
 	profIdx [][]int     // per signature: profile feature index, nil without profile
@@ -134,18 +174,30 @@ func New(cfg Config) (*Engine, error) {
 	}
 	// Two analyses per (shortest) window, on interval boundaries.
 	e.hopNS = max(e.coarseNS, minWin/2/e.coarseNS*e.coarseNS)
-	keep := e.maxWinNS + e.hopNS + e.latenessNS + 2*e.coarseNS
-	e.coarseLen = int(keep/e.coarseNS) + 2
+	slack := e.hopNS + e.latenessNS + 2*e.coarseNS
+	long := cfg.LongHorizon > 1
 	if cfg.CacheOscillation.Enabled {
 		w := cfg.CacheOscillation.Window.Nanoseconds()
 		e.fineNS = max(w/int64(cfg.MaxFineBins), 1000)
-		e.fineLen = int((w+e.hopNS+e.latenessNS+2*e.coarseNS)/e.fineNS) + 2
+		e.fineLen = int((w+slack)/e.fineNS) + 2
+		if long {
+			e.longCacheNS = int64(cfg.LongHorizon) * w
+			e.llcLongNS = max(e.longCacheNS/longBins, e.fineNS)
+			e.llcLongLen = int((e.longCacheNS+slack)/e.llcLongNS) + 2
+		}
 	}
 	if cfg.BusLock.Enabled {
 		w := cfg.BusLock.Window.Nanoseconds()
 		e.lockNS = max(w/4096, 1000)
-		e.lockLen = int((w+e.hopNS+e.latenessNS+2*e.coarseNS)/e.lockNS) + 2
+		e.lockLen = int((w+slack)/e.lockNS) + 2
+		if long {
+			e.longLockNS = int64(cfg.LongHorizon) * w
+			e.lockLongNS = max(e.longLockNS/longBins, e.lockNS)
+			e.lockLongLen = int((e.longLockNS+slack)/e.lockLongNS) + 2
+		}
 	}
+	keep := max(e.maxWinNS, e.longCacheNS, e.longLockNS) + slack
+	e.coarseLen = int(keep/e.coarseNS) + 2
 	return e, nil
 }
 
@@ -198,6 +250,13 @@ func (e *Engine) newVMI(n *node, ref VMIRef) *vmi {
 	if e.lockLen > 0 {
 		v.locks[0] = newCountRing(e.lockLen)
 		v.locks[1] = newCountRing(e.lockLen)
+	}
+	if e.llcLongLen > 0 {
+		v.llcLong = newCountRing(e.llcLongLen)
+	}
+	if e.lockLongLen > 0 {
+		v.locksLong[0] = newCountRing(e.lockLongLen)
+		v.locksLong[1] = newCountRing(e.lockLongLen)
 	}
 	v.regions = e.regions[ref]
 	if v.regions == nil {
@@ -398,13 +457,19 @@ func (e *Engine) addSample(v *vmi, t int64, c trace.Event, rip uint64) {
 		if e.fineNS > 0 {
 			v.llc.add(t / e.fineNS)
 		}
-	case trace.BusLocks:
-		if e.lockNS > 0 {
-			v.locks[0].add(t / e.lockNS)
+		if e.llcLongNS > 0 {
+			v.llcLong.add(t / e.llcLongNS)
 		}
-	case trace.SplitLocks:
+	case trace.BusLocks, trace.SplitLocks:
+		k := 0
+		if c == trace.SplitLocks {
+			k = 1
+		}
 		if e.lockNS > 0 {
-			v.locks[1].add(t / e.lockNS)
+			v.locks[k].add(t / e.lockNS)
+		}
+		if e.lockLongNS > 0 {
+			v.locksLong[k].add(t / e.lockLongNS)
 		}
 	}
 }
@@ -509,7 +574,7 @@ func (e *Engine) StateSize() StateSize {
 	perStream := int(unsafe.Sizeof(stream{}))
 	perVMI := int(unsafe.Sizeof(vmi{})) +
 		e.coarseLen*int(unsafe.Sizeof(coarseBin{})) +
-		2*(e.fineLen+2*e.lockLen) +
+		2*(e.fineLen+2*e.lockLen+e.llcLongLen+2*e.lockLongLen) +
 		baselineBins*4 + MaxSeriesPoints*4
 	return StateSize{PerStream: perStream, PerVMI: perVMI, Total: perStream*len(e.streams) + perVMI*len(e.vmiIdx)}
 }

@@ -137,6 +137,10 @@ func TestCovertChannelHandMade(t *testing.T) {
 		{"rz", 0.04, func(k int, ph float64) bool { return b[k] && ph < 0.4 }},
 		// Slow enough for the interval counters alone.
 		{"slow-nrz", 0.5, func(k int, _ float64) bool { return b[k] }},
+		// Slow NRZ: a 10s window holds only 30-50 bits, too few cycles
+		// to tell the clock from chance; the long horizon sees enough.
+		{"slow-nrz-200ms", 0.2, func(k int, _ float64) bool { return b[k] }},
+		{"slow-nrz-300ms", 0.3, func(k int, _ float64) bool { return b[k] }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			send := func(ts float64) bool {
@@ -326,10 +330,25 @@ func TestConfigFromPolicy(t *testing.T) {
 	if spec.Detectors.CacheOscillation.Window != nil {
 		t.Error("ConfigFromPolicy changed its argument")
 	}
-	bad := DefaultConfig()
-	bad.CacheOscillation.Window = 500 * time.Millisecond
-	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "detectors.cacheOscillation.window") {
-		t.Errorf("got %v, want an error naming detectors.cacheOscillation.window", err)
+	for _, tc := range []struct {
+		name   string
+		change func(*Config)
+		want   string // in the error; "" for none
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"short window", func(c *Config) { c.CacheOscillation.Window = 500 * time.Millisecond }, "detectors.cacheOscillation.window"},
+		{"no long horizon", func(c *Config) { c.LongHorizon = 0 }, ""},
+		{"negative long horizon", func(c *Config) { c.LongHorizon = -1 }, "longHorizon"},
+		{"long horizon too long", func(c *Config) { c.LongHorizon = 17 }, "longHorizon"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.change(&c)
+			err := c.Validate()
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("got %v, want an error naming %q", err, tc.want)
+			}
+		})
 	}
 	if _, err := ProtectionFromPolicy("p", v1alpha1.SideChannelPolicySpec{Detectors: v1alpha1.DetectorsSpec{CryptoCorrelation: v1alpha1.CryptoCorrelationSpec{
 		Signatures: []v1alpha1.Signature{{Name: "x", ProfileConfigMap: "cm"}}}}}, nil); err == nil {

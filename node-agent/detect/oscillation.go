@@ -1,8 +1,10 @@
 package detect
 
 import (
+	"cmp"
 	"math"
 	"math/cmplx"
+	"slices"
 )
 
 // scratch holds the buffers analyses reuse, so that steady-state analysis
@@ -26,6 +28,30 @@ type scratch struct {
 	fold      []float64
 	cand      []*vmi
 	followers []*vmi
+	idx       []int
+	rk        []float64
+}
+
+// rankInPlace replaces x by its ranks (0-based, ties averaged).
+func (sc *scratch) rankInPlace(x []float64) {
+	n := len(x)
+	sc.idx = grow(sc.idx, n)
+	sc.rk = grow(sc.rk, n)
+	for i := range sc.idx {
+		sc.idx[i] = i
+	}
+	slices.SortFunc(sc.idx, func(a, b int) int { return cmp.Compare(x[a], x[b]) })
+	for i := 0; i < n; {
+		j := i
+		for j+1 < n && x[sc.idx[j+1]] == x[sc.idx[i]] {
+			j++
+		}
+		for k := i; k <= j; k++ {
+			sc.rk[sc.idx[k]] = float64(i+j) / 2
+		}
+		i = j + 1
+	}
+	copy(x, sc.rk)
 }
 
 func grow[T any](s []T, n int) []T {

@@ -65,6 +65,9 @@ func Summarise(results []Result) (attacks []Summary, benign Summary) {
 		for _, f := range r.False {
 			s.Failures = append(s.Failures, fmt.Sprintf("%s: spurious %s victim %s suspects %v at %v", r.Scenario, f.Type, f.Victim, f.Suspects, time.Duration(f.TimeNS).Round(time.Second)))
 		}
+		for _, f := range r.Incomplete {
+			s.Failures = append(s.Failures, fmt.Sprintf("%s: incomplete %s victim %s suspects %v at %v", r.Scenario, f.Type, f.Victim, f.Suspects, time.Duration(f.TimeNS).Round(time.Second)))
+		}
 	}
 	for _, s := range by {
 		attacks = append(attacks, *s)

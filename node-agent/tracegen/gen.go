@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"time"
 
@@ -255,7 +254,7 @@ func Generate(w io.Writer, sc Scenario) (Truth, error) {
 	ticksPerInterval := int(math.Round(sc.Interval.Seconds() / tick))
 	totalTicks := int(end / tick)
 	loads := make([]load, len(vs))
-	var rows []row
+	var rows, ctrs []row
 	for chunk := 0; chunk*ticksPerInterval < totalTicks; chunk++ {
 		rows = rows[:0]
 		// New per-interval vCPU weights: the guest scheduler moves work.
@@ -274,6 +273,7 @@ func Generate(w io.Writer, sc Scenario) (Truth, error) {
 		}
 		for tk := chunk * ticksPerInterval; tk < min(totalTicks, (chunk+1)*ticksPerInterval); tk++ {
 			t := float64(tk) * tick
+			tickStart := len(rows)
 			var missAll, lockAll float64
 			for i, v := range vs {
 				loads[i] = v.w.at(t)
@@ -324,20 +324,37 @@ func Generate(w io.Writer, sc Scenario) (Truth, error) {
 					for k := range v.weights {
 						for c := trace.Event(1); c <= trace.NumCounters; c++ {
 							x := v.acc[c] * v.weights[k] * lognormal(rng, 0.02)
-							rows = append(rows, row{t: tr, vmi: i, vcpu: k, ev: c, val: uint64(math.Round(x))})
+							ctrs = append(ctrs, row{t: tr, vmi: i, vcpu: k, ev: c, val: uint64(math.Round(x))})
 						}
 					}
 					v.acc = [trace.NumCounters + 1]float64{}
 				}
 			}
+			// Each VMI's samples of a tick are in time order, the VMIs'
+			// interleave; the counter reads come at the tick's end.
+			sortRows(rows, tickStart)
+			rows = append(rows, ctrs...)
+			ctrs = ctrs[:0]
 		}
-		sort.SliceStable(rows, func(a, b int) bool { return rows[a].t < rows[b].t })
+		// The ticks are in order but for rounding at their edges.
+		sortRows(rows, 1)
 		for _, r := range rows {
 			v := vs[r.vmi]
 			tw.Row(r.t, sc.Node, v.spec.Namespace, v.spec.Name, r.vcpu, r.ev, r.val)
 		}
 	}
 	return truth, tw.Flush()
+}
+
+// sortRows sorts rows by time, stably (each vCPU's rows of equal time stay
+// in the order they were made), given that rows[:from] are sorted: by
+// insertion, as only a few rows are out of place.
+func sortRows(rows []row, from int) {
+	for i := max(from, 1); i < len(rows); i++ {
+		for j := i; j > 0 && rows[j].t < rows[j-1].t; j-- {
+			rows[j], rows[j-1] = rows[j-1], rows[j]
+		}
+	}
 }
 
 func pick(rng *rand.Rand, w []float64) int {
