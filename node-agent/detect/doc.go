@@ -53,7 +53,8 @@
 // half a period (cross-correlation >= minAutocorrelation), and they carry
 // the same data: the activity per cycle changes from cycle to cycle in step
 // at both ends, with a partial correlation >= minAutocorrelation once any
-// single other VMI, the rest of the node, or a bus-lock sender is
+// single other VMI, the rest of the node, a bus-lock sender, or a strict
+// alternation of busy and quiet cycles (a job on twice the period) is
 // accounted for, and significant over the number of cycles. That last test
 // is what separates a channel from two timers or video encoders that
 // merely share a period, and from co-runner interference. A pattern that
@@ -84,7 +85,11 @@
 // cycles per window; faster clocks are judged on the window alone. Over the
 // long horizon the data coupling of two ends is a rank correlation, so that
 // one large event shared through the cache (a checkpoint, a load spike)
-// cannot carry it. Evidence.WindowNS says which span the evidence covers.
+// cannot carry it, and each end's activity per cycle must vary by at least
+// 30% (ranks would make background wobble look orderly); a slow bus-lock
+// clock, resting on a dozen or two bursts that bursty software can match by
+// chance, is reported only with a receiver whose stalls follow it.
+// Evidence.WindowNS says which span the evidence covers.
 //
 // Crypto correlation (CacheSideChannel, after CloudRadar). For each
 // protected VMI, an interval is a sensitive phase when enough of its
@@ -97,8 +102,11 @@
 // suspect is a VMI whose robust z-score moves with the victim's sensitive
 // phases: correlation >= minCorrelation and a shift between sensitive and
 // quiet intervals of at least anomalyThreshold (up for Prime+Probe, down
-// for Flush+Reload). The window needs at least two separate sensitive
-// phases.
+// for Flush+Reload), and that shift shows (by at least half the threshold)
+// in at least three of every four sensitive phases: an attack works on
+// every run of the victim's sensitive code, while a neighbour's own bursts
+// (garbage collections, checkpoints) coincide with some phases only. The
+// window needs at least two separate sensitive phases.
 //
 // # Victims and protection
 //

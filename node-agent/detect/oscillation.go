@@ -28,6 +28,7 @@ type scratch struct {
 	fold      []float64
 	cand      []*vmi
 	followers []*vmi
+	alt       []float64
 	idx       []int
 	rk        []float64
 }

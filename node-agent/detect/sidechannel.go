@@ -295,6 +295,35 @@ func (e *Engine) judgeSuspect(u *vmi, s []float64, i0 int64) (sideSuspect, bool)
 	if math.Abs(corr) < cfg.MinCorrelation || math.Abs(dz) < cfg.AnomalyThreshold || corr*dz < 0 {
 		return sideSuspect{}, false
 	}
+	// Prime+Probe and Flush+Reload work on every run of the victim's
+	// sensitive code, so the suspect's shift shows in (nearly) every
+	// sensitive phase; a neighbour's own bursts (garbage collections,
+	// checkpoints) that happen to coincide with some phases shift only
+	// those, however large the shift and the correlation they carry.
+	runs, hits := 0, 0
+	qm := zq / float64(nq)
+	for i := 0; i < len(xs); {
+		if ss[i] == 0 {
+			i++
+			continue
+		}
+		var sum float64
+		k := 0
+		for ; i < len(xs) && ss[i] > 0; i++ {
+			sum += xs[i]
+			k++
+		}
+		runs++
+		if math.Copysign(1, dz)*(sum/float64(k)-qm) >= cfg.AnomalyThreshold/2 {
+			hits++
+		}
+	}
+	if debugf != nil {
+		debugf("  side suspect %s corr=%.2f dz=%.2f runs=%d hits=%d", u.ref, corr, dz, runs, hits)
+	}
+	if 4*hits < 3*runs {
+		return sideSuspect{}, false
+	}
 	score := math.Sqrt(math.Abs(corr) * (1 - math.Exp(-math.Abs(dz)/cfg.AnomalyThreshold)))
 	return sideSuspect{u: u, corr: corr, dz: dz, score: score}, true
 }

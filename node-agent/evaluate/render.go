@@ -109,11 +109,26 @@ func Render(results []Result, command string, windowNS int64, elapsed time.Durat
 		det += s.Detected
 		lat = append(lat, s.Latencies...)
 	}
-	fmt.Fprintf(&b, "## Bars\n\n| bar | target | measured |\n| --- | --- | --- |\n")
-	fmt.Fprintf(&b, "| attacks detected with the right type and VMIs | >= 99%% | %.1f%% (%d/%d) |\n", 100*float64(det)/float64(max(1, all)), det, all)
+	met := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	tpr := float64(det) / float64(max(1, all))
+	fmt.Fprintf(&b, "## Bars\n\n| bar | target | measured | met |\n| --- | --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| attacks detected with the right type and VMIs | >= 99%% | %.1f%% (%d/%d) | %s |\n", 100*tpr, det, all, met(all > 0 && tpr >= 0.99))
 	fp := 100 * float64(benign.False) / math.Max(benign.VMIHours, 1e-9)
-	fmt.Fprintf(&b, "| false findings per 100 VMI-hours (benign nodes) | <= 1 | %.2f (%d in %.1f VMI-hours; 95%% upper bound %.2f) |\n", fp, benign.False, benign.VMIHours, 100*poissonUpper95(benign.False)/math.Max(benign.VMIHours, 1e-9))
-	fmt.Fprintf(&b, "| median detection latency | < 3 windows (%.0fs) | %.1fs = %.2f windows |\n\n", 3*w, percentile(lat, 0.5), percentile(lat, 0.5)/w)
+	// The bar holds only when the 95% upper bound of the rate, not the
+	// point estimate, is under it: few VMI-hours prove nothing.
+	fpUpper := 100 * poissonUpper95(benign.False) / math.Max(benign.VMIHours, 1e-9)
+	if benign.VMIHours > 0 {
+		fmt.Fprintf(&b, "| false findings per 100 VMI-hours (benign nodes) | <= 1 (95%% upper bound) | %.2f (%d in %.1f VMI-hours); 95%% upper bound %.2f | %s |\n", fp, benign.False, benign.VMIHours, fpUpper, met(fpUpper <= 1))
+	} else {
+		b.WriteString("| false findings per 100 VMI-hours (benign nodes) | <= 1 (95% upper bound) | no benign node evaluated | **no** |\n")
+	}
+	med := percentile(lat, 0.5)
+	fmt.Fprintf(&b, "| median detection latency | < 3 windows (%.0fs) | %.1fs = %.2f windows | %s |\n\n", 3*w, med, med/w, met(med < 3*w))
 	fmt.Fprintf(&b, "## Per attack family\n\n| family | scenarios | detected | TPR | latency p50 | p90 | max | roles right | spurious findings | incomplete episodes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range attacks {
 		role := "n/a"
@@ -127,7 +142,8 @@ func Render(results []Result, command string, windowNS int64, elapsed time.Durat
 		fmt.Fprintf(&b, "| %s | %d | %d | %.1f%% | %.1fs | %.1fs | %.1fs | %s | %d | %d |\n", fam, s.Scenarios, s.Detected, 100*float64(s.Detected)/float64(s.Scenarios),
 			percentile(s.Latencies, 0.5), percentile(s.Latencies, 0.9), percentile(s.Latencies, 1), role, s.False, s.Incomplete)
 	}
-	fmt.Fprintf(&b, "\n## Benign nodes\n\n%d traces, %.1f VMI-hours, %d false findings (%.2f per 100 VMI-hours).\n", benign.Scenarios, benign.VMIHours, benign.False, fp)
+	fmt.Fprintf(&b, "\n## Benign nodes\n\n%d traces, %.1f VMI-hours, %d false findings (%.2f per 100 VMI-hours; 95%% upper bound %.2f).\n", benign.Scenarios, benign.VMIHours, benign.False, fp, fpUpper)
+	b.WriteString(BenignNote)
 	for _, f := range benign.Failures {
 		fmt.Fprintf(&b, "- %s\n", f)
 	}
@@ -168,6 +184,23 @@ func poissonUpper95(k int) float64 {
 	return x / 2
 }
 
+// BenignNote says what the benign nodes hold.
+const BenignNote = `
+Each benign node runs six to eight VMIs of 1-4 vCPUs for 30 minutes (the
+full grid; 3 minutes in the quick one), drawn from compilers (make -j jobs),
+databases (log flushes every second, checkpoints, load spikes), video
+encoders (a burst per frame), memory-bandwidth benchmarks, training loops,
+cron-like jobs on a fixed period, monitoring agents, Java applications with
+stop-the-world collections, legacy applications taking split locks in
+bursts, TLS front ends with crypto phases, a database whose load follows
+such a front end, and idle VMIs; every counter carries noise and every VMI's
+misses rise with the others' (co-runner interference). About a third of the
+nodes are built around the hardest cases: several VMIs periodic at the same
+rate, monitors firing together, two encoders or two training loops side by
+side, split-lock senders next to memory-bound neighbours. Every VMI is
+protected, so every detection on them counts.
+`
+
 // Caveats is the part of the report that says what the numbers do not show.
 const Caveats = `
 ## What these numbers do not show
@@ -189,6 +222,10 @@ const Caveats = `
   ten LLC-miss samples (samplePeriod 10000, 1000 or 100 by rate and bit
   period). The sparse family keeps the default period for channels that
   yield fewer, and shows what is then missed.
+- Slow channels (bit periods of a few hundred milliseconds, NRZ data with
+  its long runs) show too few cycles in one 10 s window; they are judged
+  over the long horizon (4 windows by default), so they may need up to that
+  much trace after the onset.
 - Bus locks stall every memory-bound VMI on the node, so the receiver of a
   bus-lock channel is not always distinguishable from a memory-bound
   neighbour; up to three candidates are named. When only the receiver is
