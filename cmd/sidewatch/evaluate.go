@@ -18,8 +18,8 @@ import (
 func newEvaluateCommand() *cobra.Command {
 	var (
 		scale, out, policyPath, only string
-		seed                   uint64
-		parallel               int
+		seed                         uint64
+		parallel                     int
 	)
 	cmd := &cobra.Command{
 		Use:   "evaluate",

@@ -100,8 +100,10 @@ func TestReplayedAttackBecomesFinding(t *testing.T) {
 
 	// The evidence snapshot, stored as the forensics contract says: a
 	// ConfigMap owned by the finding, referenced by an annotation.
+	// The agent stores the ConfigMap, then records the annotation: wait
+	// for both.
 	snap, cm, err := evidence.Load(context.Background(), k8s, got)
-	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(5 * time.Second); (err != nil || got.Annotations[evidence.AnnotationRef] == "") && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 		_ = k8s.Get(context.Background(), client.ObjectKeyFromObject(got), got)
 		snap, cm, err = evidence.Load(context.Background(), k8s, got)
