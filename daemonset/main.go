@@ -17,6 +17,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/sidewatch/sidewatch/internal/version"
@@ -44,7 +45,13 @@ func newRootCommand() *cobra.Command {
 	goflags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	zapOpts.BindFlags(goflags)
 	root.PersistentFlags().AddGoFlagSet(goflags)
-	logger := func() logr.Logger { return zap.New(zap.UseFlagOptions(zapOpts)) }
+	// controller-runtime's own packages (the informers' reflectors) log
+	// through its global logger: give it the agent's.
+	logger := func() logr.Logger {
+		l := zap.New(zap.UseFlagOptions(zapOpts))
+		ctrllog.SetLogger(l)
+		return l
+	}
 	root.AddCommand(newRunCommand(logger), newRecordCommand(logger), newProbeCommand(logger))
 	return root
 }

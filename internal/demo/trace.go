@@ -14,11 +14,14 @@ import (
 // The recorded attack: tracegen simulates node-1 with a cache covert
 // channel that starts 8 s in, between a sender (the protected VMI, with a
 // trojan leaking data) and a receiver, next to a busy database. The
-// simulated VMIs are then renamed to the demo's.
+// simulated VMIs are then renamed to the demo's. The channel is strong
+// enough for the example policy's samplePeriod (10000 LLC misses): each
+// 50 ms bit gives the receiver about ten samples or more (the detectors'
+// grid in docs/detection-accuracy.md shows what weaker channels need).
 const (
 	attackOnset    = 8 * time.Second
 	attackDuration = 100 * time.Second
-	attackPeriod   = 20 * time.Millisecond
+	attackPeriod   = 50 * time.Millisecond
 )
 
 // renames maps tracegen's VMI names to the demo's.
@@ -36,7 +39,7 @@ func WriteAttackTrace(path string) error {
 		Duration: attackDuration, Interval: 100 * time.Millisecond,
 		SamplePeriod: 10000, LockSamplePeriod: 10000,
 		VMIs:   []tracegen.VMI{{Namespace: "tenant-b", Name: "database-0", VCPUs: 2, Kind: tracegen.Kind("database")}},
-		Attack: &tracegen.Attack{Kind: tracegen.CacheCovert, Period: attackPeriod, Coding: tracegen.NRZ, Duty: 0.5, TxDuty: 1, Rate: 8e6, Onset: attackOnset, Protect: "sender"},
+		Attack: &tracegen.Attack{Kind: tracegen.CacheCovert, Period: attackPeriod, Coding: tracegen.NRZ, Duty: 0.5, TxDuty: 1, Rate: 2e7, Onset: attackOnset, Protect: "sender"},
 	}
 	if _, err := tracegen.Generate(&buf, sc); err != nil {
 		return fmt.Errorf("generate the attack trace: %w", err)
