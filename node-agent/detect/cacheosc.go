@@ -483,23 +483,9 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 		for i, x := range e.sc.one {
 			e.sc.rest[i] += x
 		}
-		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
-		if len(e.sc.tmpl) > nc {
-			diff(e.sc.tmpl[:nc+1])
-			if ranks {
-				e.sc.rankInPlace(e.sc.tmpl[:nc])
-			}
-			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
-		}
+		rho = e.factorOut(rho, ra, rb, e.sc.one, pb, off, ranks)
 	}
-	e.sc.tmpl = cycleSums(e.sc.rest, pb, off, e.sc.tmpl)
-	if len(e.sc.tmpl) > nc {
-		diff(e.sc.tmpl[:nc+1])
-		if ranks {
-			e.sc.rankInPlace(e.sc.tmpl[:nc])
-		}
-		rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
-	}
+	rho = e.factorOut(rho, ra, rb, e.sc.rest, pb, off, ranks)
 	// Bus locks stall every VMI's memory accesses: a lock sender drives
 	// the cache trains of all its neighbours at once.
 	for _, v := range a.node.vmis {
@@ -532,20 +518,29 @@ func (e *Engine) dataCoupling(a, b *vmi, res int, binNS int64, B int64, N int, p
 				}
 			}
 		}
-		e.sc.tmpl = cycleSums(e.sc.one, pb, off, e.sc.tmpl)
-		if len(e.sc.tmpl) > nc {
-			diff(e.sc.tmpl[:nc+1])
-			if ranks {
-				e.sc.rankInPlace(e.sc.tmpl[:nc])
-			}
-			rho = min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
-		}
+		rho = e.factorOut(rho, ra, rb, e.sc.one, pb, off, ranks)
 	}
 	// Few cycles correlate by chance: require significance too.
 	if t := rho * math.Sqrt(float64(nc-3)) / math.Sqrt(max(1e-9, 1-rho*rho)); t < 4 {
 		rho = min(rho, cfg.MinAutocorrelation*0.99)
 	}
 	return rho
+}
+
+// factorOut lowers rho to the partial correlation of ra and rb (the two
+// ends' cycle-to-cycle changes, ranked when ranks) given the same changes
+// of train, the activity of another VMI or of the rest of the node.
+func (e *Engine) factorOut(rho float64, ra, rb, train []float64, pb, off float64, ranks bool) float64 {
+	nc := len(ra)
+	e.sc.tmpl = cycleSums(train, pb, off, e.sc.tmpl)
+	if len(e.sc.tmpl) <= nc {
+		return rho
+	}
+	diff(e.sc.tmpl[:nc+1])
+	if ranks {
+		e.sc.rankInPlace(e.sc.tmpl[:nc])
+	}
+	return min(rho, math.Abs(partialCorr(ra, rb, e.sc.tmpl[:nc])))
 }
 
 // pairTrains builds both VMIs' trains at a common resolution into sc.x and
