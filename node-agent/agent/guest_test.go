@@ -135,25 +135,10 @@ func TestRealGuestsThroughTheLoop(t *testing.T) {
 
 	before := openFDs(t)
 	// task_clock counts nanoseconds: one sample per ms of vCPU time.
-	msPeriod := func(s *v1alpha1.SideChannelPolicySpec) { s.Collection.SamplePeriod = 1_000_000 }
-	world := newWorld([]v1alpha1.SideChannelPolicy{policy("protect", 0, nil, sel("protect", "yes"), msPeriod)},
+	a, det := softwareAgent(t, perf.New(testr.New(t)),
 		discovery.VMI{Ref: discovery.VMIRef{Namespace: "tenant-a", Name: "victim"}, UID: types.UID("u-victim"), Labels: map[string]string{"protect": "yes"}},
 		discovery.VMI{Ref: discovery.VMIRef{Namespace: "tenant-b", Name: "spy"}, UID: types.UID("u-spy"), PodUIDs: []string{spyPod}},
 	)
-	evs := perf.Software()
-	evs[0].Sample = true
-	det := newRecordingDetector()
-	col := perf.New(testr.New(t))
-	a, err := agent.New(agent.Options{
-		Node: "n1", Log: testr.New(t), World: world, ProcRoot: "/proc", Collector: col,
-		Capabilities:   v1alpha1.NodeCapabilities{Node: "n1"},
-		Events:         evs,
-		Detectors:      func(string, *v1alpha1.SideChannelPolicy) (agent.Detector, error) { return det, nil },
-		RescanInterval: 200 * time.Millisecond, DrainInterval: 50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	runCtx, stopAgent := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
@@ -234,6 +219,30 @@ func TestRealGuestsThroughTheLoop(t *testing.T) {
 	if after := openFDs(t); after > before {
 		t.Errorf("descriptors: %d after the agent stopped, %d before it started", after, before)
 	}
+}
+
+// softwareAgent is an agent on the real /proc whose collector counts the
+// software events (task_clock sampled once per ms of vCPU time) on the
+// vCPU threads of vmis, those labelled protect=yes protected, and hands
+// everything to the returned recording detector.
+func softwareAgent(t *testing.T, col *perf.Collector, vmis ...discovery.VMI) (*agent.Agent, *recordingDetector) {
+	t.Helper()
+	msPeriod := func(s *v1alpha1.SideChannelPolicySpec) { s.Collection.SamplePeriod = 1_000_000 }
+	world := newWorld([]v1alpha1.SideChannelPolicy{policy("protect", 0, nil, sel("protect", "yes"), msPeriod)}, vmis...)
+	evs := perf.Software()
+	evs[0].Sample = true
+	det := newRecordingDetector()
+	a, err := agent.New(agent.Options{
+		Node: "n1", Log: testr.New(t), World: world, ProcRoot: "/proc", Collector: col,
+		Capabilities:   v1alpha1.NodeCapabilities{Node: "n1"},
+		Events:         evs,
+		Detectors:      func(string, *v1alpha1.SideChannelPolicy) (agent.Detector, error) { return det, nil },
+		RescanInterval: 200 * time.Millisecond, DrainInterval: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, det
 }
 
 // victimModexp is where victim_modexp is in the guest's victim process, from

@@ -61,25 +61,11 @@ func TestKernelSamplerThroughTheLoop(t *testing.T) {
 		{name: "ring", reason: "eBPF sampler not loaded: test", wantMode: collect.SampleModeRing, wantSource: "perf:ring"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			msPeriod := func(s *v1alpha1.SideChannelPolicySpec) { s.Collection.SamplePeriod = 1_000_000 }
-			world := newWorld([]v1alpha1.SideChannelPolicy{policy("protect", 0, nil, sel("protect", "yes"), msPeriod)},
-				discovery.VMI{Ref: discovery.VMIRef{Namespace: "tenant-b", Name: "spy"}, UID: types.UID("u-spy"), Labels: map[string]string{"protect": "yes"}},
-			)
-			evs := perf.Software()
-			evs[0].Sample = true
-			det := newRecordingDetector()
 			col := perf.New(testr.New(t))
 			col.UseKernelSampler(tc.sampler, tc.reason)
-			a, err := agent.New(agent.Options{
-				Node: "n1", Log: testr.New(t), World: world, ProcRoot: "/proc", Collector: col,
-				Capabilities:   v1alpha1.NodeCapabilities{Node: "n1"},
-				Events:         evs,
-				Detectors:      func(string, *v1alpha1.SideChannelPolicy) (agent.Detector, error) { return det, nil },
-				RescanInterval: 200 * time.Millisecond, DrainInterval: 50 * time.Millisecond,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			a, det := softwareAgent(t, col,
+				discovery.VMI{Ref: discovery.VMIRef{Namespace: "tenant-b", Name: "spy"}, UID: types.UID("u-spy"), Labels: map[string]string{"protect": "yes"}},
+			)
 			runCtx, stop := context.WithCancel(ctx)
 			done := make(chan error, 1)
 			go func() { done <- a.Run(runCtx) }()
