@@ -64,6 +64,17 @@ func (p *pairHistory) advance(idx int64) {
 	p.head = idx
 }
 
+// at is bin idx in nanoseconds and handovers, zero outside the history.
+// The times are summed over the two VMIs' vCPU pairs, so they are capped
+// at the step: the time some vCPU of each ran at once is at most that.
+func (p *pairHistory) at(idx, stepNS int64) (smt, llc, handovers int64) {
+	if idx > p.head || idx <= p.head-historyBins {
+		return 0, 0, 0
+	}
+	j := idx % historyBins
+	return min(int64(p.smt[j])*1000, stepNS), min(int64(p.llc[j])*1000, stepNS), int64(p.ho[j])
+}
+
 func saturatingAdd(a uint32, b uint64) uint32 {
 	if s := uint64(a) + b; s < 1<<32 {
 		return uint32(s)
@@ -154,16 +165,7 @@ func (a *Agent) coScheduling(s *evidence.Snapshot, keys []string, now time.Time)
 				o := &evidence.Overlap{StartNs: first*h.stepNS - onsetNS, StepNs: h.stepNS}
 				step := float64(h.stepNS)
 				for idx := first; idx <= nowIdx; idx++ {
-					var smt, llc, ho int64
-					if idx <= p.head && idx > p.head-historyBins {
-						j := idx % historyBins
-						// Summed over the two VMIs' vCPU pairs: capped
-						// at the step (the time some vCPU of each ran
-						// at once is at most that).
-						smt = min(int64(p.smt[j])*1000, h.stepNS)
-						llc = min(int64(p.llc[j])*1000, h.stepNS)
-						ho = int64(p.ho[j])
-					}
+					smt, llc, ho := p.at(idx, h.stepNS)
 					c.SMTSiblingNs += smt
 					c.SharedLLCNs += llc
 					c.Handovers += ho
@@ -219,10 +221,10 @@ func (h *coschedHistory) colocation(x, y string, fromNS, toNS int64) detect.Colo
 		return c
 	}
 	for idx := max(first, p.head-historyBins+1); idx <= min(last, p.head); idx++ {
-		j := idx % historyBins
-		c.SMTSiblingNS += min(int64(p.smt[j])*1000, h.stepNS)
-		c.SharedLLCNS += min(int64(p.llc[j])*1000, h.stepNS)
-		c.Handovers += int64(p.ho[j])
+		smt, llc, ho := p.at(idx, h.stepNS)
+		c.SMTSiblingNS += smt
+		c.SharedLLCNS += llc
+		c.Handovers += ho
 	}
 	return c
 }
